@@ -1,0 +1,3 @@
+from statekeeper_server.app.main import main
+
+raise SystemExit(main())

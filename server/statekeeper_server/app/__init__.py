@@ -1,0 +1,1 @@
+"""The composition root: configuration, the server, health, reflection, signals."""

@@ -1,0 +1,93 @@
+"""Configuration from flags and environment variables (flags win). Every setting is listed in
+the README with its default."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field, fields
+
+from statekeeper_server.domain.limits import Limits
+
+ENV_PREFIX = "STATEKEEPER_"
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _failpoints(text: str) -> dict[str, str]:
+    out = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, action = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"failpoint {item!r} must be name=action")
+        out[name] = action
+    return out
+
+
+@dataclass
+class Config:
+    listen: str = "127.0.0.1:50051"
+    data_dir: str = "./statekeeper-data"
+    fsync: bool = True
+    request_ttl_s: float = 24 * 3600
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_concurrent_rpcs: int = 10_000
+    shutdown_grace_s: float = 10.0
+    log_level: str = "INFO"
+    log_format: str = "auto"
+    ready_file: str = ""
+    failpoints: dict[str, str] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+
+
+_HELP = {
+    "listen": "address to serve gRPC on (host:port; port 0 picks a free one)",
+    "data_dir": "folder of the embedded RocksDB store (created if missing)",
+    "fsync": "fsync every commit group before answering (true/false); false loses acknowledged writes on a crash",
+    "request_ttl_s": "seconds a request_id's outcome is kept for retries",
+    "max_message_bytes": "largest gRPC message accepted or sent, in bytes",
+    "max_concurrent_rpcs": "calls in flight beyond this are refused with RESOURCE_EXHAUSTED",
+    "shutdown_grace_s": "seconds in-flight calls get to finish on SIGTERM/SIGINT",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "log_format": "json, text, or auto (json unless stderr is a terminal)",
+    "ready_file": "write a JSON file with the bound address once serving (for scripts and tests)",
+    "failpoints": "fault injection for tests: name=action[,name=action] (see docs/operations.md)",
+}
+
+
+def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Config:
+    env = os.environ if environ is None else environ
+    defaults = Config()
+    parser = argparse.ArgumentParser(
+        prog="statekeeper serve", description="Run the statekeeper gRPC server.",
+        epilog=f"Every flag can also be set as an environment variable, e.g. {ENV_PREFIX}DATA_DIR.",
+    )
+    for f in fields(Config):
+        if f.name == "limits":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        env_value = env.get(ENV_PREFIX + f.name.upper())
+        kind = {bool: _bool, int: int, float: float, str: str}.get(type(default), _failpoints)
+        value = kind(env_value) if env_value is not None else default
+        parser.add_argument(flag, type=kind, default=value, help=f"{_HELP[f.name]} (default: {default!r})")
+    for f in fields(Limits):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(Limits(), f.name)
+        env_value = env.get(ENV_PREFIX + f.name.upper())
+        parser.add_argument(
+            flag, type=int, default=int(env_value) if env_value is not None else default, help=f"limit (default: {default})"
+        )
+    args = vars(parser.parse_args(argv))
+    limits = Limits(**{f.name: args.pop(f.name) for f in fields(Limits)})
+    for name in ("max_data_bytes", "max_payload_bytes"):
+        if getattr(limits, name) >= args["max_message_bytes"]:
+            parser.error(f"--{name.replace('_', '-')} must be smaller than --max-message-bytes")
+    return Config(**args, limits=limits)

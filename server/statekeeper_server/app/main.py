@@ -1,0 +1,27 @@
+"""`statekeeper serve` / `python -m statekeeper_server`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from statekeeper_server.app import config as config_mod
+from statekeeper_server.app import logs
+from statekeeper_server.app.server import serve
+from statekeeper_server.storage.base import StoreError
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = config_mod.parse(argv)
+    logs.setup(cfg.log_level, cfg.log_format)
+    try:
+        return asyncio.run(serve(cfg))
+    except StoreError as e:
+        logging.getLogger("statekeeper").error("cannot start: %s", e)
+        print(f"statekeeper: cannot start: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        logging.getLogger("statekeeper").error("cannot start: %s", e)
+        print(f"statekeeper: cannot start: {e}", file=sys.stderr)
+        return 2

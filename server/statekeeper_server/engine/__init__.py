@@ -1,0 +1,1 @@
+"""The write path and durable reads: pending overlay, group committer, engine facade."""

@@ -1,0 +1,190 @@
+"""The single committer: group commit of everything ready into one synced WriteBatch.
+
+Callers apply their transaction in memory, enqueue a PendingCommit and await its future. The
+committer takes every commit that is ready (bounded by a mutation count), writes them with the
+store-wide revision as one WriteBatch with sync, and only then resolves the futures: many
+concurrent callers share one fsync, and nobody is answered before their write is on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from statekeeper_server.domain.errors import Unavailable
+from statekeeper_server.domain.model import MachineType
+from statekeeper_server.storage import keys
+from statekeeper_server.storage.base import Keyspace, Store
+
+log = logging.getLogger("statekeeper.commit")
+
+Mutation = tuple[Keyspace, bytes, bytes | None]
+
+
+@dataclass(slots=True)
+class PendingCommit:
+    revision: int
+    mutations: list[Mutation]
+    node_keys: list[bytes]
+    new_types: list[MachineType]
+    future: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class InjectedFault(Exception):
+    """A fault switched on by a failpoint (tests only)."""
+
+
+class FatalStoreError(Exception):
+    """The store failed in a way that leaves its state unknown; the server must stop."""
+
+
+@dataclass
+class CommitStats:
+    commits: int = 0
+    groups: int = 0
+    last_group_size: int = 0
+    last_write_seconds: float = 0.0
+
+
+class Committer:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        fsync: bool,
+        durable_revision: int,
+        max_group_mutations: int = 200_000,
+        on_durable: Callable[[list[PendingCommit]], None],
+        on_reset: Callable[[], None],
+        on_fatal: Callable[[BaseException], None],
+        failpoints: dict[str, str] | None = None,
+    ) -> None:
+        self._store = store
+        self._fsync = fsync
+        self.durable_revision = durable_revision
+        self._max_group = max_group_mutations
+        self._queue: deque[PendingCommit] = deque()
+        self._wakeup = asyncio.Event()
+        self._on_durable = on_durable
+        self._on_reset = on_reset
+        self._on_fatal = on_fatal
+        self._failpoints = failpoints or {}
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.failed: BaseException | None = None
+        self.stats = CommitStats()
+        self.write_listeners: list[Callable[[int, int, float], None]] = []
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="committer")
+
+    @property
+    def last_pending(self) -> PendingCommit | None:
+        return self._queue[-1] if self._queue else None
+
+    def enqueue(self, commit: PendingCommit) -> None:
+        if self.failed is not None:
+            raise Unavailable("STORE_FAILED", "the store failed and the server is stopping; retry on a healthy server")
+        self._queue.append(commit)
+        self._wakeup.set()
+
+    async def wait_durable(self, revision: int) -> None:
+        """Return once every commit up to revision is durable."""
+        if revision <= self.durable_revision:
+            return
+        for commit in reversed(self._queue):
+            if commit.revision <= revision:
+                await asyncio.shield(commit.future)
+                return
+        if self.failed is not None or revision > self.durable_revision:
+            raise Unavailable("COMMIT_FAILED", "the commit this answer depends on did not become durable; retry")
+
+    async def stop(self) -> None:
+        """Write what is queued, then stop."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._stopping:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            group = self._take_group()
+            try:
+                self._write(group)
+            except InjectedFault as e:
+                log.error("commit failed before the write (%s); %d pending commits answered UNAVAILABLE", e, len(group) + len(self._queue))
+                self._reset(group, e)
+                continue
+            except Exception as e:  # the store's state is unknown: fail-stop
+                log.critical("FATAL: writing a commit group failed (%s): stopping the server (fail-stop)", e)
+                self.failed = e
+                self._reset(group, e)
+                self._on_fatal(e)
+                return
+            self.durable_revision = group[-1].revision
+            self._on_durable(group)
+            for commit in group:
+                if not commit.future.done():
+                    commit.future.set_result(None)
+            # Let the handlers that became ready meanwhile enqueue, so the next group is larger.
+            await asyncio.sleep(0)
+
+    def _take_group(self) -> list[PendingCommit]:
+        group = [self._queue.popleft()]
+        size = len(group[0].mutations)
+        while self._queue and size + len(self._queue[0].mutations) <= self._max_group:
+            commit = self._queue.popleft()
+            size += len(commit.mutations)
+            group.append(commit)
+        return group
+
+    def _write(self, group: list[PendingCommit]) -> None:
+        if self._failpoints.get("commit.before_write") == "error":
+            raise InjectedFault("failpoint commit.before_write")
+        batch = self._store.new_batch()
+        put, delete = batch.put, batch.delete
+        for commit in group:
+            for keyspace, key, value in commit.mutations:
+                if value is None:
+                    delete(keyspace, key)
+                else:
+                    put(keyspace, key, value)
+        put(Keyspace.META, keys.META_REVISION, keys.u64(group[-1].revision))
+        if self._failpoints.get("commit.fsync") == "error":
+            raise OSError(5, "failpoint commit.fsync: fsync failed")
+        started = time.perf_counter()
+        self._store.write(batch, sync=self._fsync)
+        elapsed = time.perf_counter() - started
+        if self._failpoints.get("commit.after_write") == "crash":
+            import os
+
+            log.critical("failpoint commit.after_write: crashing after the write, before any reply")
+            os._exit(70)
+        self.stats.commits += len(group)
+        self.stats.groups += 1
+        self.stats.last_group_size = len(group)
+        self.stats.last_write_seconds = elapsed
+        for listener in self.write_listeners:
+            listener(len(group), len(batch), elapsed)
+
+    def _reset(self, group: list[PendingCommit], error: BaseException) -> None:
+        """Fail the group and everything queued behind it (it was validated against the group)."""
+        failed = [*group, *self._queue]
+        self._queue.clear()
+        self._on_reset()
+        exc = Unavailable("COMMIT_FAILED", f"the write could not be made durable ({error}); nothing was applied; retry")
+        for commit in failed:
+            if not commit.future.done():
+                commit.future.set_exception(exc)
+                # Mark retrieved so an unawaited future does not log a warning.
+                commit.future.exception()

@@ -1,0 +1,231 @@
+"""The engine: applies transactions in memory, hands them to the committer, answers once durable.
+
+Everything here runs on the server's event loop. A transaction is applied without awaiting, so
+transactions never interleave: each sees the effects of all earlier ones, and concurrent batches
+on overlapping trees are serialised by construction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from statekeeper_server.domain.errors import DomainError, InvalidArgument, Unavailable
+from statekeeper_server.domain.limits import Limits
+from statekeeper_server.domain.transaction import Transaction
+from statekeeper_server.engine.catalog import TypeCatalog
+from statekeeper_server.engine.committer import Committer, Mutation, PendingCommit
+from statekeeper_server.engine.pending import PendingOverlay
+from statekeeper_server.engine.views import ReadView, WriteView
+from statekeeper_server.storage import codec, keys
+from statekeeper_server.storage.base import Keyspace, Store
+
+log = logging.getLogger("statekeeper.engine")
+
+R = TypeVar("R")
+M = TypeVar("M")
+
+
+class ResponseCodec(Generic[M]):
+    """How the service turns a response into bytes and back, so a retried request_id can be
+    answered with the first outcome without the engine knowing the wire format."""
+
+    def __init__(self, serialize: Callable[[M], bytes], parse: Callable[[bytes], M]) -> None:
+        self.serialize = serialize
+        self.parse = parse
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Engine:
+    def __init__(
+        self,
+        store: Store,
+        limits: Limits,
+        *,
+        fsync: bool = True,
+        request_ttl_ms: int = 24 * 3600 * 1000,
+        failpoints: dict[str, str] | None = None,
+        on_fatal: Callable[[BaseException], None] = lambda e: None,
+    ) -> None:
+        self.store = store
+        self.limits = limits
+        self.request_ttl_ms = request_ttl_ms
+        self.catalog = TypeCatalog(store)
+        self.pending = PendingOverlay()
+        self.write_view = WriteView(store, self.pending, self.catalog)
+        self.reads = ReadView(store, self.catalog)
+        raw = store.get(Keyspace.META, keys.META_REVISION)
+        durable = keys.read_u64(raw) if raw is not None else 0
+        self.next_revision = durable + 1
+        self._pending_requests: dict[str, tuple[PendingCommit, bytes, bytes]] = {}
+        self.commit_listeners: list[Callable[[int], None]] = []
+        self.committer = Committer(
+            store,
+            fsync=fsync,
+            durable_revision=durable,
+            on_durable=self._on_durable,
+            on_reset=self._on_reset,
+            on_fatal=on_fatal,
+            failpoints=failpoints,
+        )
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def durable_revision(self) -> int:
+        return self.committer.durable_revision
+
+    async def start(self, sweep_interval_s: float = 60.0) -> None:
+        self.committer.start()
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop(sweep_interval_s), name="sweeper")
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await self.committer.stop()
+
+    # -- the write path ----------------------------------------------------------------------
+
+    async def submit(
+        self,
+        body: Callable[[Transaction], R],
+        respond: Callable[[R, int], M],
+        *,
+        request_id: str = "",
+        fingerprint: bytes = b"",
+        response_codec: ResponseCodec[M] | None = None,
+    ) -> M:
+        """Run body in a new transaction, commit it durably, and return respond(result, revision).
+
+        With a request_id, a retry returns the first outcome (kept request_ttl_ms) and applies
+        nothing twice; the same id with a different request is refused.
+        """
+        if request_id and response_codec is not None:
+            replay = await self._replay(request_id, fingerprint)
+            if replay is not None:
+                return response_codec.parse(replay)
+        if self.committer.failed is not None:
+            raise Unavailable("STORE_FAILED", "the store failed and the server is stopping; retry on a healthy server")
+        revision = self.next_revision
+        now = now_ms()
+        txn = Transaction(self.write_view, revision, now, self.limits)
+        try:
+            result = body(txn)
+        except DomainError:
+            # The refusal may rest on state that is not durable yet: answer only once it is.
+            await self.committer.wait_durable(revision - 1)
+            raise
+        if not txn.events:
+            await self.committer.wait_durable(revision - 1)
+            return respond(result, self.durable_revision)
+        self.next_revision = revision + 1
+        mutations: list[Mutation] = []
+        node_keys = []
+        for address, record in txn.nodes.items():
+            key = keys.node_key(address)
+            node_keys.append(key)
+            mutations.append((Keyspace.NODES, key, codec.encode_node(record) if record is not None else None))
+        for task in txn.tasks:
+            tkey = keys.task_key(task.task_id)
+            assert tkey is not None
+            mutations.append((Keyspace.TASKS, tkey, codec.encode_task(task)))
+        for mt in txn.types:
+            mutations.append((Keyspace.TYPES, keys.type_key(mt.name, mt.version), codec.encode_machine_type(mt)))
+        for event in txn.events:
+            mutations.append((Keyspace.EVENTS, keys.seq_key(revision, event.index), codec.encode_event(event)))
+        response = respond(result, revision)
+        commit = PendingCommit(revision, mutations, node_keys, list(txn.types))
+        if request_id and response_codec is not None:
+            response_bytes = response_codec.serialize(response)
+            expires = now + self.request_ttl_ms
+            mutations.append(
+                (Keyspace.REQUESTS, request_id.encode(), codec.encode_request(fingerprint, response_bytes, expires, revision))
+            )
+            mutations.append((Keyspace.REQUEST_EXPIRY, keys.expiry_key(expires, request_id), b""))
+            self._pending_requests[request_id] = (commit, fingerprint, response_bytes)
+        self.pending.put_nodes(zip(node_keys, txn.nodes.values(), strict=True), revision)
+        for mt in txn.types:
+            self.pending.types[(mt.name, mt.version)] = mt
+        self.committer.enqueue(commit)
+        try:
+            await asyncio.shield(commit.future)
+        finally:
+            if request_id:
+                entry = self._pending_requests.get(request_id)
+                if entry is not None and entry[0] is commit:
+                    del self._pending_requests[request_id]
+        return response
+
+    async def _replay(self, request_id: str, fingerprint: bytes) -> bytes | None:
+        pending = self._pending_requests.get(request_id)
+        if pending is not None:
+            commit, pending_fp, response = pending
+            self._check_fingerprint(request_id, pending_fp, fingerprint)
+            await asyncio.shield(commit.future)
+            return response
+        raw = self.store.get(Keyspace.REQUESTS, request_id.encode())
+        if raw is None:
+            return None
+        stored_fp, response, expires, _ = codec.decode_request(raw)
+        if expires < now_ms():
+            return None
+        self._check_fingerprint(request_id, stored_fp, fingerprint)
+        return response
+
+    @staticmethod
+    def _check_fingerprint(request_id: str, stored: bytes, given: bytes) -> None:
+        if stored != given:
+            raise InvalidArgument(
+                "REQUEST_ID_REUSED",
+                f"request_id {request_id!r} was already used for a different request; use a new id",
+                field="request_id",
+            )
+
+    def _on_durable(self, group: list[PendingCommit]) -> None:
+        pending = self.pending
+        last = group[-1].revision
+        for commit in group:
+            pending.release(commit.node_keys, ((mt.name, mt.version) for mt in commit.new_types), last)
+            for mt in commit.new_types:
+                self.catalog.add(mt)
+        for listener in self.commit_listeners:
+            listener(last)
+
+    def _on_reset(self) -> None:
+        self.pending.clear()
+        self._pending_requests.clear()
+        self.next_revision = self.committer.durable_revision + 1
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    async def _sweep_loop(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                self.sweep_expired_requests()
+            except Exception:
+                log.exception("sweeping expired request ids failed; will retry")
+
+    def sweep_expired_requests(self, limit: int = 10_000) -> int:
+        """Delete request-id records past their expiry. Runs on the loop, so it never interleaves
+        with a commit; a record re-used since (new expiry) is left alone."""
+        now = now_ms()
+        batch = self.store.new_batch()
+        swept = 0
+        for key, _ in self.store.scan(Keyspace.REQUEST_EXPIRY, b"", keys.u64(now + 1)):
+            expires, request_id = keys.read_u64(key[:8]), key[8:]
+            raw = self.store.get(Keyspace.REQUESTS, request_id)
+            if raw is not None and codec.decode_request(raw)[2] == expires:
+                batch.delete(Keyspace.REQUESTS, request_id)
+            batch.delete(Keyspace.REQUEST_EXPIRY, key)
+            swept += 1
+            if swept >= limit:
+                break
+        if swept:
+            self.store.write(batch, sync=False)
+        return swept

@@ -1,0 +1,58 @@
+"""The storage interface the engine depends on. RocksDB implements it now; a shared SQL engine
+can later, without the engine or domain changing."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from typing import Protocol
+
+
+class Keyspace(enum.Enum):
+    """One column family per keyspace. Values are the column family names on disk."""
+
+    META = "meta"
+    TYPES = "types"
+    NODES = "nodes"
+    TASKS = "tasks"
+    EVENTS = "events"
+    REQUESTS = "requests"
+    REQUEST_EXPIRY = "request_expiry"
+
+
+class WriteBatch(Protocol):
+    def put(self, keyspace: Keyspace, key: bytes, value: bytes) -> None: ...
+
+    def delete(self, keyspace: Keyspace, key: bytes) -> None: ...
+
+    def __len__(self) -> int: ...
+
+
+class Store(Protocol):
+    def get(self, keyspace: Keyspace, key: bytes) -> bytes | None: ...
+
+    def scan(
+        self, keyspace: Keyspace, start: bytes = b"", end: bytes | None = None, *, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Pairs with start <= key < end in key order (descending when reverse)."""
+        ...
+
+    def seek(self, keyspace: Keyspace, key: bytes) -> tuple[bytes, bytes] | None:
+        """The first pair whose key is >= key."""
+        ...
+
+    def new_batch(self) -> WriteBatch: ...
+
+    def write(self, batch: WriteBatch, *, sync: bool) -> None:
+        """Write the whole batch atomically; with sync, return only once it is on disk."""
+        ...
+
+    def checkpoint(self, path: str) -> None:
+        """A consistent copy of the whole store in a new folder."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class StoreError(Exception):
+    """The store cannot be opened or used; the message says why in words a person can act on."""

@@ -1,0 +1,141 @@
+"""The Store on RocksDB through rocksdict, in raw mode: bytes in, bytes out, one column family
+per keyspace, and a format-version key checked on open."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import rocksdict
+
+from statekeeper_server.storage import keys
+from statekeeper_server.storage.base import Keyspace, StoreError
+
+# Bump when the on-disk layout changes incompatibly; an older server refuses a newer store.
+FORMAT_VERSION = 1
+
+
+class RocksWriteBatch:
+    __slots__ = ("_batch", "_handles", "_count")
+
+    def __init__(self, handles: dict[Keyspace, object]) -> None:
+        self._batch = rocksdict.WriteBatch(raw_mode=True)
+        self._handles = handles
+        self._count = 0
+
+    def put(self, keyspace: Keyspace, key: bytes, value: bytes) -> None:
+        self._batch.put(key, value, self._handles[keyspace])
+        self._count += 1
+
+    def delete(self, keyspace: Keyspace, key: bytes) -> None:
+        self._batch.delete(key, self._handles[keyspace])
+        self._count += 1
+
+    def __len__(self) -> int:
+        return self._count
+
+
+def _options() -> rocksdict.Options:
+    opts = rocksdict.Options(raw_mode=True)
+    opts.create_if_missing(True)
+    opts.create_missing_column_families(True)
+    opts.set_max_background_jobs(2)
+    opts.set_bytes_per_sync(1 << 20)
+    return opts
+
+
+class RocksStore:
+    """Opens (or creates) a store folder. Only one process may hold it open at a time."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create the data folder {self.path}: {e.strerror}") from e
+        column_families = {ks.value: rocksdict.Options(raw_mode=True) for ks in Keyspace}
+        try:
+            self._db = rocksdict.Rdict(str(self.path), _options(), column_families=column_families)
+        except Exception as e:
+            text = str(e)
+            if "lock" in text.lower() and ("unavailable" in text.lower() or "temporarily" in text.lower()):
+                raise StoreError(
+                    f"the data folder {self.path} is in use by another statekeeper server "
+                    "(RocksDB lock held); stop that server or choose another --data-dir"
+                ) from e
+            if "permission" in text.lower():
+                raise StoreError(f"no permission to open the data folder {self.path}: {text}") from e
+            raise StoreError(f"cannot open the store in {self.path}: {text}") from e
+        self._cfs = {ks: self._db.get_column_family(ks.value) for ks in Keyspace}
+        self._handles = {ks: self._db.get_column_family_handle(ks.value) for ks in Keyspace}
+        self._sync = rocksdict.WriteOptions()
+        self._sync.sync = True
+        self._nosync = rocksdict.WriteOptions()
+        self._check_format()
+
+    def _check_format(self) -> None:
+        raw = self.get(Keyspace.META, keys.META_FORMAT_VERSION)
+        if raw is None:
+            if self.get(Keyspace.META, keys.META_REVISION) is not None:
+                self.close()
+                raise StoreError(f"the store in {self.path} has data but no format version; it is not a statekeeper store")
+            batch = self.new_batch()
+            batch.put(Keyspace.META, keys.META_FORMAT_VERSION, keys.u64(FORMAT_VERSION))
+            self.write(batch, sync=True)
+            return
+        found = keys.read_u64(raw)
+        if found > FORMAT_VERSION:
+            self.close()
+            raise StoreError(
+                f"the store in {self.path} has format version {found}, newer than this server's {FORMAT_VERSION}; "
+                "upgrade statekeeper to open it"
+            )
+
+    def get(self, keyspace: Keyspace, key: bytes) -> bytes | None:
+        return self._cfs[keyspace].get(key)  # type: ignore[no-any-return]
+
+    def scan(
+        self, keyspace: Keyspace, start: bytes = b"", end: bytes | None = None, *, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes]]:
+        it = self._cfs[keyspace].iter()
+        if reverse:
+            if end is None:
+                it.seek_to_last()
+            else:
+                it.seek_for_prev(end)
+                if it.valid() and it.key() >= end:
+                    it.prev()
+            while it.valid():
+                k = it.key()
+                if k < start:
+                    return
+                yield k, it.value()
+                it.prev()
+        else:
+            it.seek(start)
+            while it.valid():
+                k = it.key()
+                if end is not None and k >= end:
+                    return
+                yield k, it.value()
+                it.next()
+
+    def seek(self, keyspace: Keyspace, key: bytes) -> tuple[bytes, bytes] | None:
+        it = self._cfs[keyspace].iter()
+        it.seek(key)
+        return (it.key(), it.value()) if it.valid() else None
+
+    def new_batch(self) -> RocksWriteBatch:
+        return RocksWriteBatch(self._handles)
+
+    def write(self, batch: RocksWriteBatch, *, sync: bool) -> None:  # type: ignore[override]
+        self._db.write(batch._batch, self._sync if sync else self._nosync)
+
+    def checkpoint(self, path: str) -> None:
+        rocksdict.Checkpoint(self._db).create_checkpoint(path)
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
