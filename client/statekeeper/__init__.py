@@ -1,0 +1,75 @@
+"""statekeeper: the Python SDK for the statekeeper server.
+
+    import asyncio, statekeeper as sk
+
+    async def main():
+        async with await sk.Client.connect("127.0.0.1:50051") as client:
+            node = await client.create_root("order", "o-1")
+            await client.transition(node, "pay")
+
+`SyncClient` has the same methods without async. Errors are subclasses of StatekeeperError
+carrying the gRPC code, the server's reason and metadata. The generated API lives in
+statekeeper.v1 for calls the clients do not cover.
+"""
+
+from statekeeper._async.client import Client
+from statekeeper._batch import Batch
+from statekeeper._errors import (
+    AbortedError,
+    AlreadyExistsError,
+    DeadlineExceededError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    OutOfRangeError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    StatekeeperError,
+    UnauthenticatedError,
+    UnavailableError,
+)
+from statekeeper._sync.client import SyncClient
+from statekeeper._types import (
+    BatchResult,
+    MachineType,
+    Node,
+    Outbound,
+    Ref,
+    Registration,
+    Task,
+    TaskInput,
+    Timer,
+    Transition,
+    TransitionResult,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AbortedError",
+    "AlreadyExistsError",
+    "Batch",
+    "BatchResult",
+    "Client",
+    "DeadlineExceededError",
+    "FailedPreconditionError",
+    "InvalidArgumentError",
+    "MachineType",
+    "Node",
+    "NotFoundError",
+    "OutOfRangeError",
+    "Outbound",
+    "PermissionDeniedError",
+    "Ref",
+    "Registration",
+    "ResourceExhaustedError",
+    "StatekeeperError",
+    "SyncClient",
+    "Task",
+    "TaskInput",
+    "Timer",
+    "Transition",
+    "TransitionResult",
+    "UnauthenticatedError",
+    "UnavailableError",
+]
