@@ -51,7 +51,9 @@ def generated_files(root: Path) -> set[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="fail when the committed code is out of date")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -65,7 +67,10 @@ def main() -> int:
             _, mismatch, errors = filecmp.cmpfiles(fresh, committed_dir, sorted(names), shallow=False)
             stale = sorted(set(mismatch) | set(errors) | (existing - names))
             if stale:
-                print(f"generated code is out of date: {', '.join(stale)}; run scripts/gen_protos.py", file=sys.stderr)
+                print(
+                    f"generated code is out of date: {', '.join(stale)}; run scripts/gen_protos.py",
+                    file=sys.stderr,
+                )
                 return 1
             print(f"generated code is up to date ({len(names)} files)")
             return 0

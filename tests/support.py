@@ -30,9 +30,18 @@ class ServerProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "statekeeper_server",
-                "--listen", "127.0.0.1:0", "--data-dir", str(self.data_dir), "--ready-file", str(ready),
-                "--log-format", "json", *self.extra_args,
+                sys.executable,
+                "-m",
+                "statekeeper_server",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                str(self.data_dir),
+                "--ready-file",
+                str(ready),
+                "--log-format",
+                "json",
+                *self.extra_args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -18,9 +18,17 @@ class Batch:
         return len(self.operations)
 
     def create_root(
-        self, type: str, id: str, data: bytes | str | None = None, *, content_type: str = "", type_version: int = 0
+        self,
+        type: str,
+        id: str,
+        data: bytes | str | None = None,
+        *,
+        content_type: str = "",
+        type_version: int = 0,
     ) -> Batch:
-        req = node_pb2.CreateRootRequest(type=type, id=id, data=_convert.data(data, content_type), type_version=type_version)
+        req = node_pb2.CreateRootRequest(
+            type=type, id=id, data=_convert.data(data, content_type), type_version=type_version
+        )
         self.operations.append(node_pb2.BatchOperation(create_root=req))
         return self
 

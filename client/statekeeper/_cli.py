@@ -90,7 +90,9 @@ def _show_type(mt: MachineType) -> None:
     rows = []
     for t in mt.transitions:
         tasks = ", ".join(
-            f"timer {k.name}→{k.transition}" if hasattr(k, "transition") else f"outbound {k.name}→{k.destination}"
+            f"timer {k.name}→{k.transition}"
+            if hasattr(k, "transition")
+            else f"outbound {k.name}→{k.destination}"
             for k in t.tasks
         )
         rows.append([t.name, ", ".join(t.sources), t.destination, tasks or "-"])
@@ -100,7 +102,9 @@ def _show_type(mt: MachineType) -> None:
 
 
 def _client(args: argparse.Namespace) -> SyncClient:
-    return SyncClient.connect(args.server, token=args.token or None, timeout=args.timeout, wait_ready=args.timeout)
+    return SyncClient.connect(
+        args.server, token=args.token or None, timeout=args.timeout, wait_ready=args.timeout
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -111,7 +115,10 @@ def _run(args: argparse.Namespace) -> int:
                 if args.json:
                     _print_json(types)
                 else:
-                    rows = [[m.name, str(m.version), str(len(m.states)), str(len(m.transitions)), m.description] for m in types]
+                    rows = [
+                        [m.name, str(m.version), str(len(m.states)), str(len(m.transitions)), m.description]
+                        for m in types
+                    ]
                     print(_table(rows, ["name", "version", "states", "transitions", "description"]))
             elif args.action == "show":
                 mt = client.get_machine_type(args.name, args.version)
@@ -141,19 +148,25 @@ def _run(args: argparse.Namespace) -> int:
             if args.json:
                 _print_json(result)
             else:
-                print(f"{result.node.ref}: {result.from_state} → {result.node.state} (revision {result.revision})")
+                print(
+                    f"{result.node.ref}: {result.from_state} → {result.node.state} (revision {result.revision})"
+                )
                 for t in result.tasks:
                     print(f"  task {t.id} {t.kind} {t.name}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="statekeeper", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="statekeeper", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the server (flags: statekeeper serve --help)", add_help=False)
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--server", default=os.environ.get("STATEKEEPER_ADDRESS", "127.0.0.1:50051"), help="host:port")
+    common.add_argument(
+        "--server", default=os.environ.get("STATEKEEPER_ADDRESS", "127.0.0.1:50051"), help="host:port"
+    )
     common.add_argument("--token", default=os.environ.get("STATEKEEPER_TOKEN", ""), help="bearer token")
     common.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
     common.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -178,7 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--data", help="new data (text)")
     p.add_argument("--content-type", default="")
-    p.add_argument("--expect-count", type=int, default=None, help="expected transition count (compare-and-swap)")
+    p.add_argument(
+        "--expect-count", type=int, default=None, help="expected transition count (compare-and-swap)"
+    )
     p.add_argument("--request-id", default="")
     return parser
 
@@ -189,7 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             from statekeeper_server.app.main import main as serve_main
         except ImportError:
-            print("statekeeper: the server is not installed: pip install 'statekeeper[server]'", file=sys.stderr)
+            print(
+                "statekeeper: the server is not installed: pip install 'statekeeper[server]'", file=sys.stderr
+            )
             return 2
         return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
@@ -205,3 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

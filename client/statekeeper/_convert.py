@@ -72,7 +72,9 @@ def transition_result(m: node_pb2.ApplyTransitionResponse) -> TransitionResult:
 
 
 def task_inputs(items: list[TaskInput] | None) -> list[node_pb2.TaskInput]:
-    return [node_pb2.TaskInput(task=i.task, deadline_ms=i.deadline_ms, payload=i.payload) for i in items or ()]
+    return [
+        node_pb2.TaskInput(task=i.task, deadline_ms=i.deadline_ms, payload=i.payload) for i in items or ()
+    ]
 
 
 def machine_type_pb(mt: MachineType) -> machine_type_pb2.MachineType:
@@ -85,18 +87,25 @@ def machine_type_pb(mt: MachineType) -> machine_type_pb2.MachineType:
                     machine_type_pb2.TaskDefinition(
                         name=k.name,
                         timer=machine_type_pb2.TimerTaskDefinition(
-                            delay_ms=k.delay_ms, deadline_from_request=k.deadline_from_request, transition=k.transition
+                            delay_ms=k.delay_ms,
+                            deadline_from_request=k.deadline_from_request,
+                            transition=k.transition,
                         ),
                     )
                 )
             else:
                 tasks.append(
                     machine_type_pb2.TaskDefinition(
-                        name=k.name, outbound=machine_type_pb2.OutboundTaskDefinition(destination=k.destination, payload=k.payload)
+                        name=k.name,
+                        outbound=machine_type_pb2.OutboundTaskDefinition(
+                            destination=k.destination, payload=k.payload
+                        ),
                     )
                 )
         transitions.append(
-            machine_type_pb2.TransitionDefinition(name=t.name, sources=list(t.sources), destination=t.destination, tasks=tasks)
+            machine_type_pb2.TransitionDefinition(
+                name=t.name, sources=list(t.sources), destination=t.destination, tasks=tasks
+            )
         )
     return machine_type_pb2.MachineType(
         name=mt.name,
@@ -115,7 +124,9 @@ def machine_type(m: machine_type_pb2.MachineType) -> MachineType:
         tasks: list[Timer | Outbound] = []
         for k in t.tasks:
             if k.WhichOneof("kind") == "timer":
-                tasks.append(Timer(k.name, k.timer.transition, k.timer.delay_ms, k.timer.deadline_from_request))
+                tasks.append(
+                    Timer(k.name, k.timer.transition, k.timer.delay_ms, k.timer.deadline_from_request)
+                )
             else:
                 tasks.append(Outbound(k.name, k.outbound.destination, k.outbound.payload))
         transitions.append(Transition(t.name, tuple(t.sources), t.destination, tuple(tasks)))

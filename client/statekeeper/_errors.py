@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
@@ -10,7 +12,9 @@ class StatekeeperError(Exception):
     """Any error from the server. `code` is the gRPC status code; `reason` the stable
     machine-readable reason (e.g. INVALID_TRANSITION); `metadata` its details."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, reason: str = "", metadata: dict[str, str] | None = None):
+    def __init__(
+        self, code: grpc.StatusCode, message: str, reason: str = "", metadata: dict[str, str] | None = None
+    ):
         super().__init__(f"{code.name}: {message}" + (f" [{reason}]" if reason else ""))
         self.code = code
         self.message = message
@@ -80,10 +84,11 @@ _BY_CODE: dict[grpc.StatusCode, type[StatekeeperError]] = {
 
 
 def from_rpc_error(error: grpc.RpcError) -> StatekeeperError:
-    code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
-    message: str = error.details() or ""  # type: ignore[attr-defined]
+    call: Any = error  # grpc's errors are also Call objects; the stubs do not say so
+    code: grpc.StatusCode = call.code()
+    message: str = call.details() or ""
     reason, metadata = "", {}
-    for key, value in error.trailing_metadata() or ():  # type: ignore[attr-defined]
+    for key, value in call.trailing_metadata() or ():
         if key == "grpc-status-details-bin":
             status = status_pb2.Status.FromString(value)
             for detail in status.details:

@@ -69,7 +69,9 @@ def test_walk_visits_every_node_parents_first(client: sk.SyncClient, uid: str) -
             assert n.ref.path[:-1] in seen or not n.ref.path
             seen.add(n.ref.path)
     assert [str(n.ref) for n in client.walk(sk.Ref(uid).child("item", "i1"))] == [
-        f"{uid}/item:i1", f"{uid}/item:i1/part:p0", f"{uid}/item:i1/part:p1"
+        f"{uid}/item:i1",
+        f"{uid}/item:i1/part:p0",
+        f"{uid}/item:i1/part:p1",
     ]
 
 
@@ -86,12 +88,16 @@ def test_list_children_pages_one_collection_only(client: sk.SyncClient, uid: str
     assert client.list_children(root, "order") == []
 
 
-def test_transition_only_from_its_sources_and_invalid_changes_nothing(client: sk.SyncClient, uid: str) -> None:
+def test_transition_only_from_its_sources_and_invalid_changes_nothing(
+    client: sk.SyncClient, uid: str
+) -> None:
     root = client.create_root("order", uid)
     result = client.transition(root, "pay")
     assert (result.from_state, result.node.state, result.node.transition_count) == ("new", "paid", 1)
     assert [t.destination for t in result.tasks] == ["payments"]
-    assert result.tasks[0].transition_count == 1 and result.tasks[0].node_create_revision == root.create_revision
+    assert (
+        result.tasks[0].transition_count == 1 and result.tasks[0].node_create_revision == root.create_revision
+    )
     with pytest.raises(sk.FailedPreconditionError) as e:
         client.transition(root, "pay")
     assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
@@ -167,7 +173,7 @@ def test_batch_commits_everything_under_one_revision(client: sk.SyncClient, uid:
     )
     result = client.execute(batch)
     assert len(result.results) == 6
-    root, child, packed, paid, other, deleted = result.results
+    root, _child, packed, paid, _other, deleted = result.results
     assert isinstance(root, sk.Node) and root.create_revision == result.revision
     assert isinstance(packed, sk.TransitionResult) and packed.revision == result.revision
     assert isinstance(paid, sk.TransitionResult) and paid.node.state == "paid"

@@ -32,7 +32,10 @@ from statekeeper.v1 import (
 
 DEFAULT_TIMEOUT = 30.0
 
-_DIAGRAM_FORMATS = {"mermaid": machine_type_pb2.DIAGRAM_FORMAT_MERMAID, "dot": machine_type_pb2.DIAGRAM_FORMAT_DOT}
+_DIAGRAM_FORMATS = {
+    "mermaid": machine_type_pb2.DIAGRAM_FORMAT_MERMAID,
+    "dot": machine_type_pb2.DIAGRAM_FORMAT_DOT,
+}
 
 
 class Client:
@@ -43,7 +46,13 @@ class Client:
     code, the server's reason and its metadata.
     """
 
-    def __init__(self, channel: AioChannel, *, timeout: float = DEFAULT_TIMEOUT, metadata: Sequence[tuple[str, str]] = ()):
+    def __init__(
+        self,
+        channel: AioChannel,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        metadata: Sequence[tuple[str, str]] = (),
+    ):
         self.channel = channel
         self.timeout = timeout
         self.metadata = tuple(metadata)
@@ -96,14 +105,19 @@ class Client:
 
     async def get_machine_type(self, name: str, version: int = 0) -> MachineType:
         """One version of a machine type; the latest when version is 0."""
-        resp = await self._call(self._types.GetMachineType, machine_type_pb2.GetMachineTypeRequest(name=name, version=version))
+        resp = await self._call(
+            self._types.GetMachineType, machine_type_pb2.GetMachineTypeRequest(name=name, version=version)
+        )
         return _convert.machine_type(resp.machine_type)
 
     async def list_machine_types(self, *, all_versions: bool = False) -> list[MachineType]:
         """Every machine type (latest versions, or all), following page tokens."""
-        out, token = [], ""
+        out: list[MachineType] = []
+        token = ""
         while True:
-            req = machine_type_pb2.ListMachineTypesRequest(page_size=1000, page_token=token, all_versions=all_versions)
+            req = machine_type_pb2.ListMachineTypesRequest(
+                page_size=1000, page_token=token, all_versions=all_versions
+            )
             resp = await self._call(self._types.ListMachineTypes, req)
             out.extend(_convert.machine_type(m) for m in resp.machine_types)
             token = resp.next_page_token
@@ -114,7 +128,9 @@ class Client:
         """A machine type as a Mermaid ("mermaid") or Graphviz ("dot") diagram."""
         if format not in _DIAGRAM_FORMATS:
             raise ValueError(f"format must be one of {sorted(_DIAGRAM_FORMATS)}")
-        req = machine_type_pb2.RenderMachineTypeDiagramRequest(name=name, version=version, format=_DIAGRAM_FORMATS[format])
+        req = machine_type_pb2.RenderMachineTypeDiagramRequest(
+            name=name, version=version, format=_DIAGRAM_FORMATS[format]
+        )
         resp = await self._call(self._types.RenderMachineTypeDiagram, req)
         return str(resp.diagram)
 
@@ -132,7 +148,11 @@ class Client:
     ) -> Node:
         """Create the root of a new tree in its type's initial state."""
         req = node_pb2.CreateRootRequest(
-            type=type, id=id, data=_convert.data(data, content_type), type_version=type_version, request_id=request_id
+            type=type,
+            id=id,
+            data=_convert.data(data, content_type),
+            type_version=type_version,
+            request_id=request_id,
         )
         resp = await self._call(self._nodes.CreateRoot, req)
         return _convert.node(resp.node)
@@ -160,12 +180,15 @@ class Client:
         return _convert.node(resp.node)
 
     async def get_node(self, node: RefLike) -> Node:
-        resp = await self._call(self._nodes.GetNode, node_pb2.GetNodeRequest(node=_convert.ref_pb(as_ref(node))))
+        resp = await self._call(
+            self._nodes.GetNode, node_pb2.GetNodeRequest(node=_convert.ref_pb(as_ref(node)))
+        )
         return _convert.node(resp.node)
 
     async def list_children(self, parent: RefLike, type: str, *, page_size: int = 1000) -> list[Node]:
         """The children of one type under parent, by id, following page tokens."""
-        out, token = [], ""
+        out: list[Node] = []
+        token = ""
         while True:
             req = node_pb2.ListChildrenRequest(
                 parent=_convert.ref_pb(as_ref(parent)), type=type, page_size=page_size, page_token=token
@@ -178,9 +201,12 @@ class Client:
 
     async def walk(self, node: RefLike, *, page_size: int = 1000) -> list[Node]:
         """node and all its descendants, depth first, parents before children."""
-        out, token = [], ""
+        out: list[Node] = []
+        token = ""
         while True:
-            req = node_pb2.WalkTreeRequest(node=_convert.ref_pb(as_ref(node)), page_size=page_size, page_token=token)
+            req = node_pb2.WalkTreeRequest(
+                node=_convert.ref_pb(as_ref(node)), page_size=page_size, page_token=token
+            )
             resp = await self._call(self._nodes.WalkTree, req)
             out.extend(_convert.node(n) for n in resp.nodes)
             token = resp.next_page_token

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from statekeeper_server.domain.limits import Limits
 
@@ -66,7 +68,8 @@ def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) 
     env = os.environ if environ is None else environ
     defaults = Config()
     parser = argparse.ArgumentParser(
-        prog="statekeeper serve", description="Run the statekeeper gRPC server.",
+        prog="statekeeper serve",
+        description="Run the statekeeper gRPC server.",
         epilog=f"Every flag can also be set as an environment variable, e.g. {ENV_PREFIX}DATA_DIR.",
     )
     for f in fields(Config):
@@ -75,7 +78,8 @@ def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) 
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         env_value = env.get(ENV_PREFIX + f.name.upper())
-        kind = {bool: _bool, int: int, float: float, str: str}.get(type(default), _failpoints)
+        kinds: dict[type, Callable[[str], Any]] = {bool: _bool, int: int, float: float, str: str}
+        kind = kinds.get(type(default), _failpoints)
         value = kind(env_value) if env_value is not None else default
         parser.add_argument(flag, type=kind, default=value, help=f"{_HELP[f.name]} (default: {default!r})")
     for f in fields(Limits):
@@ -83,7 +87,10 @@ def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) 
         default = getattr(Limits(), f.name)
         env_value = env.get(ENV_PREFIX + f.name.upper())
         parser.add_argument(
-            flag, type=int, default=int(env_value) if env_value is not None else default, help=f"limit (default: {default})"
+            flag,
+            type=int,
+            default=int(env_value) if env_value is not None else default,
+            help=f"limit (default: {default})",
         )
     args = vars(parser.parse_args(argv))
     limits = Limits(**{f.name: args.pop(f.name) for f in fields(Limits)})

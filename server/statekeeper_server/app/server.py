@@ -12,8 +12,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
-from statekeeper.v1 import machine_type_pb2, node_pb2
 
+from statekeeper.v1 import machine_type_pb2, node_pb2
 from statekeeper_server.app.config import Config
 from statekeeper_server.engine.engine import Engine
 from statekeeper_server.service.handler import CallObserver, generic_handler
@@ -43,7 +43,9 @@ class StatekeeperServer:
         self.grpc_server: grpc.aio.Server | None = None
         self.port = 0
         self.services = {
-            machine_type_pb2.DESCRIPTOR.services_by_name["MachineTypeService"]: MachineTypeServicer(self.engine),
+            machine_type_pb2.DESCRIPTOR.services_by_name["MachineTypeService"]: MachineTypeServicer(
+                self.engine
+            ),
             node_pb2.DESCRIPTOR.services_by_name["NodeService"]: NodeServicer(self.engine),
         }
 
@@ -63,10 +65,15 @@ class StatekeeperServer:
             maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
         )
         server.add_generic_rpc_handlers(
-            [generic_handler(descriptor, servicer, self.observers) for descriptor, servicer in self.services.items()]
+            [
+                generic_handler(descriptor, servicer, self.observers)
+                for descriptor, servicer in self.services.items()
+            ]
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        names = [d.full_name for d in self.services] + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+        names = [d.full_name for d in self.services] + [
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        ]
         reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
         self.port = server.add_insecure_port(cfg.listen)
         if self.port == 0:
@@ -78,7 +85,10 @@ class StatekeeperServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "serving on %s (data %s, fsync %s, revision %d)",
-            self.address, os.path.abspath(cfg.data_dir), "on" if cfg.fsync else "OFF", self.engine.durable_revision,
+            self.address,
+            os.path.abspath(cfg.data_dir),
+            "on" if cfg.fsync else "OFF",
+            self.engine.durable_revision,
         )
         if cfg.ready_file:
             tmp = cfg.ready_file + ".tmp"

@@ -28,7 +28,11 @@ def mermaid(mt: MachineType) -> str:
 
 def dot(mt: MachineType) -> str:
     q = json.dumps  # DOT string quoting is compatible with JSON's for our names
-    lines = [f"digraph {q(f'{mt.name} v{mt.version}')} {{", "    rankdir=LR;", '    __start [shape=point, label=""];']
+    lines = [
+        f"digraph {q(f'{mt.name} v{mt.version}')} {{",
+        "    rankdir=LR;",
+        '    __start [shape=point, label=""];',
+    ]
     for s in mt.states:
         shape = "doublecircle" if mt.is_terminal(s) else "circle"
         lines.append(f"    {q(s)} [shape={shape}];")

@@ -27,10 +27,17 @@ from statekeeper_server.domain.model import (
     NodeAddress,
     NodeKey,
     NodeRecord,
+    TaskDefinition,
     TaskKind,
     TaskRecord,
 )
-from statekeeper_server.domain.validation import check_address, check_data, check_id, check_machine_type, check_name
+from statekeeper_server.domain.validation import (
+    check_address,
+    check_data,
+    check_id,
+    check_machine_type,
+    check_name,
+)
 
 
 class StateView(Protocol):
@@ -101,7 +108,9 @@ class Transaction:
         mt = self.view.get_machine_type(name, version)
         if mt is None:
             what = f"machine type {name!r}" + (f" version {version}" if version else "")
-            raise NotFound("MACHINE_TYPE_NOT_FOUND", f"{what} is not registered", machine_type=name, version=version)
+            raise NotFound(
+                "MACHINE_TYPE_NOT_FOUND", f"{what} is not registered", machine_type=name, version=version
+            )
         return mt
 
     # -- writes ------------------------------------------------------------------------------
@@ -128,7 +137,13 @@ class Transaction:
         return mt, True
 
     def _new_node(
-        self, address: NodeAddress, type_name: str, type_version: int, data: bytes, content_type: str, field: str
+        self,
+        address: NodeAddress,
+        type_name: str,
+        type_version: int,
+        data: bytes,
+        content_type: str,
+        field: str,
     ) -> NodeSnapshot:
         check_data(data, content_type, f"{field}.data", self.limits)
         mt = self._machine_type(type_name, type_version)
@@ -271,18 +286,24 @@ class Transaction:
             if task_def.kind is TaskKind.TIMER:
                 task.timer_transition = task_def.timer_transition
                 task.deadline_ms = (
-                    given.deadline_ms if task_def.deadline_from_request and given else self.now_ms + task_def.delay_ms
+                    given.deadline_ms
+                    if task_def.deadline_from_request and given
+                    else self.now_ms + task_def.delay_ms
                 )
             else:
                 task.destination = task_def.destination
                 task.payload = given.payload if given and given.payload else task_def.payload
             self.tasks.append(task)
             emitted.append(task)
-            self._event(EventKind.TASK_CREATED, address, node_type=record.type, task_id=task.task_id, detail=task.name)
+            self._event(
+                EventKind.TASK_CREATED, address, node_type=record.type, task_id=task.task_id, detail=task.name
+            )
         return TransitionOutcome(NodeSnapshot(address, updated), record.state, tuple(emitted))
 
-    def _task_inputs(self, defs: Sequence[object], given: Sequence[TaskInput]) -> dict[str, TaskInput]:
-        by_name = {d.name: d for d in defs}  # type: ignore[attr-defined]
+    def _task_inputs(
+        self, defs: Sequence[TaskDefinition], given: Sequence[TaskInput]
+    ) -> dict[str, TaskInput]:
+        by_name = {d.name: d for d in defs}
         out: dict[str, TaskInput] = {}
         for i, ti in enumerate(given):
             task_def = by_name.get(ti.task)
@@ -293,7 +314,9 @@ class Transaction:
                     field=f"task_inputs[{i}].task",
                 )
             if ti.task in out:
-                raise InvalidArgument("DUPLICATE_NAME", f"task_inputs[{i}] repeats {ti.task!r}", field=f"task_inputs[{i}]")
+                raise InvalidArgument(
+                    "DUPLICATE_NAME", f"task_inputs[{i}] repeats {ti.task!r}", field=f"task_inputs[{i}]"
+                )
             if len(ti.payload) > self.limits.max_payload_bytes:
                 raise InvalidArgument(
                     "DATA_TOO_LARGE",
@@ -303,14 +326,16 @@ class Transaction:
                 )
             if ti.deadline_ms < 0:
                 raise InvalidArgument(
-                    "FIELD_INVALID", f"task_inputs[{i}].deadline_ms must not be negative", field=f"task_inputs[{i}].deadline_ms"
+                    "FIELD_INVALID",
+                    f"task_inputs[{i}].deadline_ms must not be negative",
+                    field=f"task_inputs[{i}].deadline_ms",
                 )
             out[ti.task] = ti
         for d in defs:
-            if getattr(d, "deadline_from_request", False) and not (d.name in out and out[d.name].deadline_ms > 0):  # type: ignore[attr-defined]
+            if d.deadline_from_request and not (d.name in out and out[d.name].deadline_ms > 0):
                 raise InvalidArgument(
                     "FIELD_REQUIRED",
-                    f"timer {d.name!r} takes its deadline from the request: give task_inputs with deadline_ms",  # type: ignore[attr-defined]
+                    f"timer {d.name!r} takes its deadline from the request: give task_inputs with deadline_ms",
                     field="task_inputs",
                 )
         return out
@@ -342,6 +367,10 @@ class Transaction:
                 updated.child_counts.pop(record.type, None)
             self.nodes[parent] = updated
         self._event(
-            EventKind.NODE_DELETED, address, node_type=record.type, from_state=record.state, detail=str(len(doomed))
+            EventKind.NODE_DELETED,
+            address,
+            node_type=record.type,
+            from_state=record.state,
+            detail=str(len(doomed)),
         )
         return DeleteOutcome(len(doomed))

@@ -55,7 +55,9 @@ def check_request_id(value: str, limits: Limits) -> None:
             limit="max_request_id_length",
         )
     if _CONTROL.search(value):
-        raise InvalidArgument("FIELD_INVALID", "request_id must not contain control characters", field="request_id")
+        raise InvalidArgument(
+            "FIELD_INVALID", "request_id must not contain control characters", field="request_id"
+        )
 
 
 def check_address(address: NodeAddress, field: str, limits: Limits) -> None:
@@ -98,7 +100,9 @@ def _check_unique(values: tuple[str, ...], field: str) -> None:
     seen: set[str] = set()
     for i, v in enumerate(values):
         if v in seen:
-            raise InvalidArgument("DUPLICATE_NAME", f"{field}[{i}] {v!r} appears twice", field=f"{field}[{i}]")
+            raise InvalidArgument(
+                "DUPLICATE_NAME", f"{field}[{i}] {v!r} appears twice", field=f"{field}[{i}]"
+            )
         seen.add(v)
 
 
@@ -119,7 +123,9 @@ def check_machine_type(mt: MachineType, limits: Limits) -> None:
     _check_unique(mt.states, f"{f}.states")
     states = set(mt.states)
     if not mt.initial_state:
-        raise InvalidArgument("FIELD_REQUIRED", f"{f}.initial_state must not be empty", field=f"{f}.initial_state")
+        raise InvalidArgument(
+            "FIELD_REQUIRED", f"{f}.initial_state must not be empty", field=f"{f}.initial_state"
+        )
     if mt.initial_state not in states:
         raise InvalidArgument(
             "UNKNOWN_STATE",
@@ -129,12 +135,16 @@ def check_machine_type(mt: MachineType, limits: Limits) -> None:
     for i, s in enumerate(mt.terminal_states):
         if s not in states:
             raise InvalidArgument(
-                "UNKNOWN_STATE", f"{f}.terminal_states[{i}] {s!r} is not one of the states", field=f"{f}.terminal_states[{i}]"
+                "UNKNOWN_STATE",
+                f"{f}.terminal_states[{i}] {s!r} is not one of the states",
+                field=f"{f}.terminal_states[{i}]",
             )
     _check_unique(mt.terminal_states, f"{f}.terminal_states")
     if len(mt.transitions) > limits.max_transitions_per_type:
         raise InvalidArgument(
-            "TOO_MANY", f"{f}.transitions: the limit is {limits.max_transitions_per_type}", field=f"{f}.transitions"
+            "TOO_MANY",
+            f"{f}.transitions: the limit is {limits.max_transitions_per_type}",
+            field=f"{f}.transitions",
         )
     _check_unique(tuple(t.name for t in mt.transitions), f"{f}.transitions.name")
     terminal = set(mt.terminal_states)
@@ -148,7 +158,9 @@ def check_machine_type(mt: MachineType, limits: Limits) -> None:
         for j, s in enumerate(t.sources):
             if s not in states:
                 raise InvalidArgument(
-                    "UNKNOWN_STATE", f"{tf}.sources[{j}] {s!r} is not one of the states", field=f"{tf}.sources[{j}]"
+                    "UNKNOWN_STATE",
+                    f"{tf}.sources[{j}] {s!r} is not one of the states",
+                    field=f"{tf}.sources[{j}]",
                 )
             if s in terminal:
                 raise InvalidArgument(
@@ -158,7 +170,9 @@ def check_machine_type(mt: MachineType, limits: Limits) -> None:
                 )
         if t.destination not in states:
             raise InvalidArgument(
-                "UNKNOWN_STATE", f"{tf}.destination {t.destination!r} is not one of the states", field=f"{tf}.destination"
+                "UNKNOWN_STATE",
+                f"{tf}.destination {t.destination!r} is not one of the states",
+                field=f"{tf}.destination",
             )
         if len(t.tasks) > limits.max_tasks_per_transition:
             raise InvalidArgument(
@@ -171,7 +185,9 @@ def check_machine_type(mt: MachineType, limits: Limits) -> None:
             if task.kind is TaskKind.TIMER:
                 if task.delay_ms < 0:
                     raise InvalidArgument(
-                        "FIELD_INVALID", f"{kf}.timer.delay_ms must not be negative", field=f"{kf}.timer.delay_ms"
+                        "FIELD_INVALID",
+                        f"{kf}.timer.delay_ms must not be negative",
+                        field=f"{kf}.timer.delay_ms",
                     )
                 if task.timer_transition not in names:
                     raise InvalidArgument(
@@ -191,4 +207,6 @@ def check_machine_type(mt: MachineType, limits: Limits) -> None:
             else:
                 raise InvalidArgument("FIELD_REQUIRED", f"{kf} must be a timer or an outbound task", field=kf)
     if len(mt.description) > 4096:
-        raise InvalidArgument("FIELD_TOO_LONG", f"{f}.description: the limit is 4096 characters", field=f"{f}.description")
+        raise InvalidArgument(
+            "FIELD_TOO_LONG", f"{f}.description: the limit is 4096 characters", field=f"{f}.description"
+        )

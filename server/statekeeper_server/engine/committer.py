@@ -88,7 +88,9 @@ class Committer:
 
     def enqueue(self, commit: PendingCommit) -> None:
         if self.failed is not None:
-            raise Unavailable("STORE_FAILED", "the store failed and the server is stopping; retry on a healthy server")
+            raise Unavailable(
+                "STORE_FAILED", "the store failed and the server is stopping; retry on a healthy server"
+            )
         self._queue.append(commit)
         self._wakeup.set()
 
@@ -101,7 +103,9 @@ class Committer:
                 await asyncio.shield(commit.future)
                 return
         if self.failed is not None or revision > self.durable_revision:
-            raise Unavailable("COMMIT_FAILED", "the commit this answer depends on did not become durable; retry")
+            raise Unavailable(
+                "COMMIT_FAILED", "the commit this answer depends on did not become durable; retry"
+            )
 
     async def stop(self) -> None:
         """Write what is queued, then stop."""
@@ -122,7 +126,11 @@ class Committer:
             try:
                 self._write(group)
             except InjectedFault as e:
-                log.error("commit failed before the write (%s); %d pending commits answered UNAVAILABLE", e, len(group) + len(self._queue))
+                log.error(
+                    "commit failed before the write (%s); %d pending commits answered UNAVAILABLE",
+                    e,
+                    len(group) + len(self._queue),
+                )
                 self._reset(group, e)
                 continue
             except Exception as e:  # the store's state is unknown: fail-stop
@@ -182,7 +190,9 @@ class Committer:
         failed = [*group, *self._queue]
         self._queue.clear()
         self._on_reset()
-        exc = Unavailable("COMMIT_FAILED", f"the write could not be made durable ({error}); nothing was applied; retry")
+        exc = Unavailable(
+            "COMMIT_FAILED", f"the write could not be made durable ({error}); nothing was applied; retry"
+        )
         for commit in failed:
             if not commit.future.done():
                 commit.future.set_exception(exc)

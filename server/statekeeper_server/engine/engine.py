@@ -82,7 +82,9 @@ class Engine:
 
     async def start(self, sweep_interval_s: float = 60.0) -> None:
         self.committer.start()
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop(sweep_interval_s), name="sweeper")
+        self._sweeper = asyncio.get_running_loop().create_task(
+            self._sweep_loop(sweep_interval_s), name="sweeper"
+        )
 
     async def close(self) -> None:
         if self._sweeper is not None:
@@ -110,7 +112,9 @@ class Engine:
             if replay is not None:
                 return response_codec.parse(replay)
         if self.committer.failed is not None:
-            raise Unavailable("STORE_FAILED", "the store failed and the server is stopping; retry on a healthy server")
+            raise Unavailable(
+                "STORE_FAILED", "the store failed and the server is stopping; retry on a healthy server"
+            )
         revision = self.next_revision
         now = now_ms()
         txn = Transaction(self.write_view, revision, now, self.limits)
@@ -135,16 +139,24 @@ class Engine:
             assert tkey is not None
             mutations.append((Keyspace.TASKS, tkey, codec.encode_task(task)))
         for mt in txn.types:
-            mutations.append((Keyspace.TYPES, keys.type_key(mt.name, mt.version), codec.encode_machine_type(mt)))
+            mutations.append(
+                (Keyspace.TYPES, keys.type_key(mt.name, mt.version), codec.encode_machine_type(mt))
+            )
         for event in txn.events:
-            mutations.append((Keyspace.EVENTS, keys.seq_key(revision, event.index), codec.encode_event(event)))
+            mutations.append(
+                (Keyspace.EVENTS, keys.seq_key(revision, event.index), codec.encode_event(event))
+            )
         response = respond(result, revision)
         commit = PendingCommit(revision, mutations, node_keys, list(txn.types))
         if request_id and response_codec is not None:
             response_bytes = response_codec.serialize(response)
             expires = now + self.request_ttl_ms
             mutations.append(
-                (Keyspace.REQUESTS, request_id.encode(), codec.encode_request(fingerprint, response_bytes, expires, revision))
+                (
+                    Keyspace.REQUESTS,
+                    request_id.encode(),
+                    codec.encode_request(fingerprint, response_bytes, expires, revision),
+                )
             )
             mutations.append((Keyspace.REQUEST_EXPIRY, keys.expiry_key(expires, request_id), b""))
             self._pending_requests[request_id] = (commit, fingerprint, response_bytes)

@@ -23,7 +23,9 @@ class PendingOverlay:
         for key, record in items:
             nodes[key] = (record, revision)
 
-    def release(self, node_keys: Iterable[bytes], type_keys: Iterable[tuple[str, int]], revision: int) -> None:
+    def release(
+        self, node_keys: Iterable[bytes], type_keys: Iterable[tuple[str, int]], revision: int
+    ) -> None:
         """Drop entries written at or before revision, now durable."""
         nodes = self.nodes
         for key in node_keys:

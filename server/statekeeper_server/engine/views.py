@@ -66,7 +66,7 @@ class ReadView:
     ) -> list[tuple[NodeAddress, NodeRecord]]:
         prefix = keys.collection_prefix(parent, type_name)
         seek = prefix + after_id.encode() + b"\x00" + keys.SUBTREE_END if after_id is not None else prefix
-        out = []
+        out: list[tuple[NodeAddress, NodeRecord]] = []
         while len(out) < limit:
             found = self._store.seek(Keyspace.NODES, seek)
             if found is None or not found[0].startswith(prefix):
@@ -83,9 +83,11 @@ class ReadView:
         Pass the last cursor back to continue; a cursor from another subtree is refused."""
         key = keys.node_key(address)
         if cursor is not None and not (cursor == key or cursor.startswith(key + keys.SUBTREE_START)):
-            raise InvalidArgument("INVALID_PAGE_TOKEN", "page_token belongs to another walk", field="page_token")
+            raise InvalidArgument(
+                "INVALID_PAGE_TOKEN", "page_token belongs to another walk", field="page_token"
+            )
         start = cursor + b"\x00" if cursor is not None else key
-        out = []
+        out: list[tuple[bytes, NodeAddress, NodeRecord]] = []
         for k, raw in self._store.scan(Keyspace.NODES, start, key + keys.SUBTREE_END):
             out.append((k, keys.node_address(k), codec.decode_node(raw)))
             if len(out) >= limit:

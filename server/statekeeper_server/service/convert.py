@@ -6,7 +6,6 @@ import base64
 import binascii
 
 from statekeeper.v1 import common_pb2, machine_type_pb2, node_pb2, task_pb2
-
 from statekeeper_server.domain.errors import InvalidArgument
 from statekeeper_server.domain.model import (
     MachineType,
@@ -56,7 +55,9 @@ def task(t: TaskRecord) -> task_pb2.Task:
         name=t.name,
         kind=_TASK_KIND[t.kind],
         reference=task_pb2.TaskReference(
-            node=ref(t.address), node_create_revision=t.node_create_revision, transition_count=t.transition_count
+            node=ref(t.address),
+            node_create_revision=t.node_create_revision,
+            transition_count=t.transition_count,
         ),
         status=int(t.status),  # type: ignore[arg-type]
         deadline_ms=t.deadline_ms,
@@ -92,7 +93,12 @@ def machine_type(m: machine_type_pb2.MachineType) -> MachineType:
                 )
             elif which == "outbound":
                 tasks.append(
-                    TaskDefinition(k.name, TaskKind.OUTBOUND, destination=k.outbound.destination, payload=k.outbound.payload)
+                    TaskDefinition(
+                        k.name,
+                        TaskKind.OUTBOUND,
+                        destination=k.outbound.destination,
+                        payload=k.outbound.payload,
+                    )
                 )
             else:
                 field = f"machine_type.transitions[{i}].tasks[{j}]"
@@ -119,7 +125,9 @@ def machine_type_pb(mt: MachineType) -> machine_type_pb2.MachineType:
                     machine_type_pb2.TaskDefinition(
                         name=k.name,
                         timer=machine_type_pb2.TimerTaskDefinition(
-                            delay_ms=k.delay_ms, deadline_from_request=k.deadline_from_request, transition=k.timer_transition
+                            delay_ms=k.delay_ms,
+                            deadline_from_request=k.deadline_from_request,
+                            transition=k.timer_transition,
                         ),
                     )
                 )
@@ -127,11 +135,15 @@ def machine_type_pb(mt: MachineType) -> machine_type_pb2.MachineType:
                 tasks.append(
                     machine_type_pb2.TaskDefinition(
                         name=k.name,
-                        outbound=machine_type_pb2.OutboundTaskDefinition(destination=k.destination, payload=k.payload),
+                        outbound=machine_type_pb2.OutboundTaskDefinition(
+                            destination=k.destination, payload=k.payload
+                        ),
                     )
                 )
         transitions.append(
-            machine_type_pb2.TransitionDefinition(name=t.name, sources=t.sources, destination=t.destination, tasks=tasks)
+            machine_type_pb2.TransitionDefinition(
+                name=t.name, sources=t.sources, destination=t.destination, tasks=tasks
+            )
         )
     return machine_type_pb2.MachineType(
         name=mt.name,
@@ -154,4 +166,6 @@ def decode_token(token: str) -> bytes | None:
     try:
         return base64.urlsafe_b64decode(token.encode())
     except (binascii.Error, ValueError) as e:
-        raise InvalidArgument("INVALID_PAGE_TOKEN", "page_token is not a token this server issued", field="page_token") from e
+        raise InvalidArgument(
+            "INVALID_PAGE_TOKEN", "page_token is not a token this server issued", field="page_token"
+        ) from e

@@ -24,10 +24,12 @@ STATUS_CODES: dict[type[errors.DomainError], grpc.StatusCode] = {
 
 
 def status_code(error: errors.DomainError) -> grpc.StatusCode:
-    cls: type[errors.DomainError] = type(error.cause) if isinstance(error, errors.BatchOperationFailed) else type(error)
+    cls: type[errors.DomainError] = (
+        type(error.cause) if isinstance(error, errors.BatchOperationFailed) else type(error)
+    )
     for klass in cls.__mro__:
         if klass in STATUS_CODES:
-            return STATUS_CODES[klass]  # type: ignore[index]
+            return STATUS_CODES[klass]
     return grpc.StatusCode.UNKNOWN
 
 
@@ -40,7 +42,9 @@ def rich_status(error: errors.DomainError) -> tuple[grpc.StatusCode, str, bytes]
     field = error.metadata.get("field")
     if field:
         bad = error_details_pb2.BadRequest(
-            field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=error.message)]
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=field, description=error.message)
+            ]
         )
         extra = any_pb2.Any()
         extra.Pack(bad)

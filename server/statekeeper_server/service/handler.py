@@ -61,7 +61,7 @@ def _code_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
 def generic_handler(
     descriptor: ServiceDescriptor, servicer: object, observers: list[CallObserver]
 ) -> grpc.GenericRpcHandler:
-    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in descriptor.methods:
         impl = getattr(servicer, method.name)
         request_cls = message_factory.GetMessageClass(method.input_type)

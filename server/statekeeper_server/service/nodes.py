@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.message import Message
-from statekeeper.v1 import node_pb2 as pb
 
+from statekeeper.v1 import node_pb2 as pb
 from statekeeper_server.domain.errors import BatchOperationFailed, DomainError, InvalidArgument, NotFound
 from statekeeper_server.domain.transaction import DeleteOutcome, NodeSnapshot, Transaction, TransitionOutcome
 from statekeeper_server.domain.validation import check_address, check_name, check_page_size, check_request_id
@@ -16,6 +16,7 @@ from statekeeper_server.engine.engine import Engine, ResponseCodec
 from statekeeper_server.service import convert
 
 Context = Any
+M = TypeVar("M", bound=Message)
 
 
 def fingerprint(method: str, request: Message) -> bytes:
@@ -29,9 +30,15 @@ def _codec(cls: type[Any]) -> ResponseCodec[Any]:
     return ResponseCodec(lambda m: m.SerializeToString(), cls.FromString)
 
 
-_CODECS = {
+_CODECS: dict[type[Any], ResponseCodec[Any]] = {
     cls: _codec(cls)
-    for cls in (pb.CreateRootResponse, pb.AddChildResponse, pb.DeleteNodeResponse, pb.ApplyTransitionResponse, pb.ExecuteBatchResponse)
+    for cls in (
+        pb.CreateRootResponse,
+        pb.AddChildResponse,
+        pb.DeleteNodeResponse,
+        pb.ApplyTransitionResponse,
+        pb.ExecuteBatchResponse,
+    )
 }
 
 
@@ -47,7 +54,9 @@ def _create_root_response(s: NodeSnapshot, revision: int) -> pb.CreateRootRespon
 def _add_child(txn: Transaction, r: pb.AddChildRequest) -> NodeSnapshot:
     if not r.HasField("key"):
         raise InvalidArgument("FIELD_REQUIRED", "key must be set", field="key")
-    return txn.add_child(convert.address(r.parent), (r.key.type, r.key.id), r.data.value, r.data.content_type, r.type_version)
+    return txn.add_child(
+        convert.address(r.parent), (r.key.type, r.key.id), r.data.value, r.data.content_type, r.type_version
+    )
 
 
 def _add_child_response(s: NodeSnapshot, revision: int) -> pb.AddChildResponse:
@@ -67,7 +76,10 @@ def _apply_transition(txn: Transaction, r: pb.ApplyTransitionRequest) -> Transit
 
 def _transition_response(o: TransitionOutcome, revision: int) -> pb.ApplyTransitionResponse:
     return pb.ApplyTransitionResponse(
-        node=convert.snapshot(o.node), revision=revision, from_state=o.from_state, tasks=[convert.task(t) for t in o.tasks]
+        node=convert.snapshot(o.node),
+        revision=revision,
+        from_state=o.from_state,
+        tasks=[convert.task(t) for t in o.tasks],
     )
 
 
@@ -97,9 +109,9 @@ class NodeServicer:
         method: str,
         request: Any,
         apply: Callable[[Transaction, Any], Any],
-        respond: Callable[[Any, int], Any],
-        response_cls: type[Any],
-    ) -> Any:
+        respond: Callable[[Any, int], M],
+        response_cls: type[M],
+    ) -> M:
         request_id: str = request.request_id
         if request_id:
             check_request_id(request_id, self.limits)
@@ -112,20 +124,26 @@ class NodeServicer:
         )
 
     async def CreateRoot(self, request: pb.CreateRootRequest, context: Context) -> pb.CreateRootResponse:
-        return await self._write("CreateRoot", request, _create_root, _create_root_response, pb.CreateRootResponse)  # type: ignore[no-any-return]
+        return await self._write(
+            "CreateRoot", request, _create_root, _create_root_response, pb.CreateRootResponse
+        )
 
     async def AddChild(self, request: pb.AddChildRequest, context: Context) -> pb.AddChildResponse:
-        return await self._write("AddChild", request, _add_child, _add_child_response, pb.AddChildResponse)  # type: ignore[no-any-return]
+        return await self._write("AddChild", request, _add_child, _add_child_response, pb.AddChildResponse)
 
-    async def ApplyTransition(self, request: pb.ApplyTransitionRequest, context: Context) -> pb.ApplyTransitionResponse:
-        return await self._write(  # type: ignore[no-any-return]
+    async def ApplyTransition(
+        self, request: pb.ApplyTransitionRequest, context: Context
+    ) -> pb.ApplyTransitionResponse:
+        return await self._write(
             "ApplyTransition", request, _apply_transition, _transition_response, pb.ApplyTransitionResponse
         )
 
     async def DeleteNode(self, request: pb.DeleteNodeRequest, context: Context) -> pb.DeleteNodeResponse:
-        return await self._write("DeleteNode", request, _delete_node, _delete_response, pb.DeleteNodeResponse)  # type: ignore[no-any-return]
+        return await self._write("DeleteNode", request, _delete_node, _delete_response, pb.DeleteNodeResponse)
 
-    async def ExecuteBatch(self, request: pb.ExecuteBatchRequest, context: Context) -> pb.ExecuteBatchResponse:
+    async def ExecuteBatch(
+        self, request: pb.ExecuteBatchRequest, context: Context
+    ) -> pb.ExecuteBatchResponse:
         ops = request.operations
         if not ops:
             raise InvalidArgument("FIELD_REQUIRED", "operations must not be empty", field="operations")
@@ -146,7 +164,7 @@ class NodeServicer:
             steps.append((which, getattr(op, which)))
 
         def apply(txn: Transaction, _: Any) -> list[tuple[str, Any]]:
-            outcomes = []
+            outcomes: list[tuple[str, Any]] = []
             for i, (which, op) in enumerate(steps):
                 try:
                     outcomes.append((which, _BATCH_OPS[which][0](txn, op)))
@@ -158,7 +176,7 @@ class NodeServicer:
             results = [pb.BatchResult(**{which: _BATCH_OPS[which][1](o, revision)}) for which, o in outcomes]
             return pb.ExecuteBatchResponse(revision=revision, results=results)
 
-        return await self._write("ExecuteBatch", request, apply, respond, pb.ExecuteBatchResponse)  # type: ignore[no-any-return]
+        return await self._write("ExecuteBatch", request, apply, respond, pb.ExecuteBatchResponse)
 
     # -- reads: durable state only -----------------------------------------------------------
 
@@ -175,7 +193,9 @@ class NodeServicer:
         if self.engine.reads.get_node(address) is None:
             raise NotFound("NODE_NOT_FOUND", f"node {address} does not exist", node=str(address))
 
-    async def ListChildren(self, request: pb.ListChildrenRequest, context: Context) -> pb.ListChildrenResponse:
+    async def ListChildren(
+        self, request: pb.ListChildrenRequest, context: Context
+    ) -> pb.ListChildrenResponse:
         parent = convert.address(request.parent)
         self._require(parent, "parent")
         check_name(request.type, "type", self.limits)
@@ -186,7 +206,9 @@ class NodeServicer:
         more = len(found) > limit
         found = found[:limit]
         next_token = convert.encode_token(found[-1][0].path[-1][1].encode()) if more else ""
-        return pb.ListChildrenResponse(nodes=[convert.node(a, r) for a, r in found], next_page_token=next_token)
+        return pb.ListChildrenResponse(
+            nodes=[convert.node(a, r) for a, r in found], next_page_token=next_token
+        )
 
     async def WalkTree(self, request: pb.WalkTreeRequest, context: Context) -> pb.WalkTreeResponse:
         address = convert.address(request.node)
@@ -196,4 +218,6 @@ class NodeServicer:
         more = len(found) > limit
         found = found[:limit]
         next_token = convert.encode_token(found[-1][0]) if more else ""
-        return pb.WalkTreeResponse(nodes=[convert.node(a, r) for _, a, r in found], next_page_token=next_token)
+        return pb.WalkTreeResponse(
+            nodes=[convert.node(a, r) for _, a, r in found], next_page_token=next_token
+        )

@@ -68,14 +68,31 @@ def encode_machine_type(mt: MachineType) -> bytes:
             list(t.sources),
             t.destination,
             [
-                [k.name, int(k.kind), k.delay_ms, k.deadline_from_request, k.timer_transition, k.destination, k.payload]
+                [
+                    k.name,
+                    int(k.kind),
+                    k.delay_ms,
+                    k.deadline_from_request,
+                    k.timer_transition,
+                    k.destination,
+                    k.payload,
+                ]
                 for k in t.tasks
             ],
         ]
         for t in mt.transitions
     ]
     return _packb(
-        [_V1, mt.name, mt.version, list(mt.states), mt.initial_state, list(mt.terminal_states), transitions, mt.description]
+        [
+            _V1,
+            mt.name,
+            mt.version,
+            list(mt.states),
+            mt.initial_state,
+            list(mt.terminal_states),
+            transitions,
+            mt.description,
+        ]
     )
 
 
@@ -120,8 +137,21 @@ def encode_task(t: TaskRecord) -> bytes:
 def decode_task(raw: bytes) -> TaskRecord:
     f = _unpackb(raw)
     return TaskRecord(
-        f[1], f[2], TaskKind(f[3]), _address(f[4], f[5]), f[6], f[7], f[8], f[9], TaskStatus(f[10]),
-        f[11], f[12], f[13], f[14], f[15], f[16],
+        f[1],
+        f[2],
+        TaskKind(f[3]),
+        _address(f[4], f[5]),
+        f[6],
+        f[7],
+        f[8],
+        f[9],
+        TaskStatus(f[10]),
+        f[11],
+        f[12],
+        f[13],
+        f[14],
+        f[15],
+        f[16],
     )
 
 

@@ -10,16 +10,16 @@ from pathlib import Path
 import rocksdict
 
 from statekeeper_server.storage import keys
-from statekeeper_server.storage.base import Keyspace, StoreError
+from statekeeper_server.storage.base import Keyspace, StoreError, WriteBatch
 
 # Bump when the on-disk layout changes incompatibly; an older server refuses a newer store.
 FORMAT_VERSION = 1
 
 
 class RocksWriteBatch:
-    __slots__ = ("_batch", "_handles", "_count")
+    __slots__ = ("_batch", "_count", "_handles")
 
-    def __init__(self, handles: dict[Keyspace, object]) -> None:
+    def __init__(self, handles: dict[Keyspace, rocksdict.ColumnFamily]) -> None:
         self._batch = rocksdict.WriteBatch(raw_mode=True)
         self._handles = handles
         self._count = 0
@@ -56,7 +56,9 @@ class RocksStore:
             raise StoreError(f"cannot create the data folder {self.path}: {e.strerror}") from e
         column_families = {ks.value: rocksdict.Options(raw_mode=True) for ks in Keyspace}
         try:
-            self._db = rocksdict.Rdict(str(self.path), _options(), column_families=column_families)
+            self._db: rocksdict.Rdict | None = rocksdict.Rdict(
+                str(self.path), _options(), column_families=column_families
+            )
         except Exception as e:
             text = str(e)
             if "lock" in text.lower() and ("unavailable" in text.lower() or "temporarily" in text.lower()):
@@ -67,8 +69,10 @@ class RocksStore:
             if "permission" in text.lower():
                 raise StoreError(f"no permission to open the data folder {self.path}: {text}") from e
             raise StoreError(f"cannot open the store in {self.path}: {text}") from e
-        self._cfs = {ks: self._db.get_column_family(ks.value) for ks in Keyspace}
-        self._handles = {ks: self._db.get_column_family_handle(ks.value) for ks in Keyspace}
+        db = self._db
+        assert db is not None
+        self._cfs = {ks: db.get_column_family(ks.value) for ks in Keyspace}
+        self._handles = {ks: db.get_column_family_handle(ks.value) for ks in Keyspace}
         self._sync = rocksdict.WriteOptions()
         self._sync.sync = True
         self._nosync = rocksdict.WriteOptions()
@@ -79,7 +83,9 @@ class RocksStore:
         if raw is None:
             if self.get(Keyspace.META, keys.META_REVISION) is not None:
                 self.close()
-                raise StoreError(f"the store in {self.path} has data but no format version; it is not a statekeeper store")
+                raise StoreError(
+                    f"the store in {self.path} has data but no format version; it is not a statekeeper store"
+                )
             batch = self.new_batch()
             batch.put(Keyspace.META, keys.META_FORMAT_VERSION, keys.u64(FORMAT_VERSION))
             self.write(batch, sync=True)
@@ -93,7 +99,8 @@ class RocksStore:
             )
 
     def get(self, keyspace: Keyspace, key: bytes) -> bytes | None:
-        return self._cfs[keyspace].get(key)  # type: ignore[no-any-return]
+        value: bytes | None = self._cfs[keyspace].get(key)
+        return value
 
     def scan(
         self, keyspace: Keyspace, start: bytes = b"", end: bytes | None = None, *, reverse: bool = False
@@ -129,13 +136,24 @@ class RocksStore:
     def new_batch(self) -> RocksWriteBatch:
         return RocksWriteBatch(self._handles)
 
-    def write(self, batch: RocksWriteBatch, *, sync: bool) -> None:  # type: ignore[override]
+    def write(self, batch: WriteBatch, *, sync: bool) -> None:
+        assert isinstance(batch, RocksWriteBatch)
+        if self._db is None:
+            raise StoreError("the store is closed")
         self._db.write(batch._batch, self._sync if sync else self._nosync)
 
     def checkpoint(self, path: str) -> None:
+        if self._db is None:
+            raise StoreError("the store is closed")
         rocksdict.Checkpoint(self._db).create_checkpoint(path)
 
     def close(self) -> None:
         if self._db is not None:
+            # Column family objects hold the database open too (and with it the LOCK file).
+            for cf in getattr(self, "_cfs", {}).values():
+                cf.close()
+            # Clear (not replace) the dicts: write batches share the handles dict.
+            self._cfs.clear()
+            self._handles.clear()
             self._db.close()
             self._db = None
