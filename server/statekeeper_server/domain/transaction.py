@@ -80,7 +80,9 @@ class DeleteOutcome:
 
 
 class Transaction:
-    def __init__(self, view: StateView, revision: int, now_ms: int, limits: Limits) -> None:
+    def __init__(
+        self, view: StateView, revision: int, now_ms: int, limits: Limits, events: list[Event] | None = None
+    ) -> None:
         self.view = view
         self.revision = revision
         self.now_ms = now_ms
@@ -88,7 +90,8 @@ class Transaction:
         self.nodes: dict[NodeAddress, NodeRecord | None] = {}
         self.tasks: list[TaskRecord] = []
         self.types: list[MachineType] = []
-        self.events: list[Event] = []
+        # Shared with the enclosing commit when other changes (tasks, savepoints) join it.
+        self.events: list[Event] = [] if events is None else events
         self._deleted: set[NodeAddress] = set()
 
     # -- reads -------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from statekeeper_server.domain.errors import Unavailable
-from statekeeper_server.domain.model import MachineType
+from statekeeper_server.domain.model import Event, MachineType
 from statekeeper_server.storage import keys
 from statekeeper_server.storage.base import Keyspace, Store
 
@@ -31,6 +31,8 @@ class PendingCommit:
     mutations: list[Mutation]
     node_keys: list[bytes]
     new_types: list[MachineType]
+    raw_keys: list[tuple[Keyspace, bytes]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
     future: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 

@@ -11,14 +11,16 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from statekeeper_server.domain.errors import DomainError, InvalidArgument, Unavailable
 from statekeeper_server.domain.limits import Limits
+from statekeeper_server.domain.model import Event, EventKind, MachineType, NodeAddress
 from statekeeper_server.domain.transaction import Transaction
 from statekeeper_server.engine.catalog import TypeCatalog
 from statekeeper_server.engine.committer import Committer, Mutation, PendingCommit
 from statekeeper_server.engine.pending import PendingOverlay
+from statekeeper_server.engine.task_index import task_index_mutations
 from statekeeper_server.engine.views import ReadView, WriteView
 from statekeeper_server.storage import codec, keys
 from statekeeper_server.storage.base import Keyspace, Store
@@ -64,7 +66,8 @@ class Engine:
         durable = keys.read_u64(raw) if raw is not None else 0
         self.next_revision = durable + 1
         self._pending_requests: dict[str, tuple[PendingCommit, bytes, bytes]] = {}
-        self.commit_listeners: list[Callable[[int], None]] = []
+        # Called with each durable group, in revision order (watchers, executors, metrics).
+        self.durable_listeners: list[Callable[[list[PendingCommit]], None]] = []
         self.committer = Committer(
             store,
             fsync=fsync,
@@ -102,11 +105,31 @@ class Engine:
         fingerprint: bytes = b"",
         response_codec: ResponseCodec[M] | None = None,
     ) -> M:
-        """Run body in a new transaction, commit it durably, and return respond(result, revision).
+        """Run body in a new node transaction, commit it durably, return respond(result, revision).
 
         With a request_id, a retry returns the first outcome (kept request_ttl_ms) and applies
         nothing twice; the same id with a different request is refused.
         """
+        return await self.commit(
+            lambda c: body(c.transaction()),
+            respond,
+            request_id=request_id,
+            fingerprint=fingerprint,
+            response_codec=response_codec,
+        )
+
+    async def commit(
+        self,
+        build: Callable[[Commit], R],
+        respond: Callable[[R, int], M],
+        *,
+        request_id: str = "",
+        fingerprint: bytes = b"",
+        response_codec: ResponseCodec[M] | None = None,
+    ) -> M:
+        """The general write: build(commit) reads and writes through a Commit (nodes via
+        commit.transaction(), any keyspace via commit.get/put/delete, events via commit.event);
+        if it raises, nothing changes. A commit without events writes nothing (a no-op)."""
         if request_id and response_codec is not None:
             replay = await self._replay(request_id, fingerprint)
             if replay is not None:
@@ -116,60 +139,40 @@ class Engine:
                 "STORE_FAILED", "the store failed and the server is stopping; retry on a healthy server"
             )
         revision = self.next_revision
-        now = now_ms()
-        txn = Transaction(self.write_view, revision, now, self.limits)
+        change = Commit(self, revision, now_ms())
         try:
-            result = body(txn)
+            result = build(change)
         except DomainError:
             # The refusal may rest on state that is not durable yet: answer only once it is.
             await self.committer.wait_durable(revision - 1)
             raise
-        if not txn.events:
+        if not change.events:
             await self.committer.wait_durable(revision - 1)
             return respond(result, self.durable_revision)
         self.next_revision = revision + 1
-        mutations: list[Mutation] = []
-        node_keys = []
-        for address, record in txn.nodes.items():
-            key = keys.node_key(address)
-            node_keys.append(key)
-            mutations.append((Keyspace.NODES, key, codec.encode_node(record) if record is not None else None))
-        for task in txn.tasks:
-            tkey = keys.task_key(task.task_id)
-            assert tkey is not None
-            mutations.append((Keyspace.TASKS, tkey, codec.encode_task(task)))
-        for mt in txn.types:
-            mutations.append(
-                (Keyspace.TYPES, keys.type_key(mt.name, mt.version), codec.encode_machine_type(mt))
-            )
-        for event in txn.events:
-            mutations.append(
-                (Keyspace.EVENTS, keys.seq_key(revision, event.index), codec.encode_event(event))
-            )
+        pending_commit = change.seal()
         response = respond(result, revision)
-        commit = PendingCommit(revision, mutations, node_keys, list(txn.types))
         if request_id and response_codec is not None:
             response_bytes = response_codec.serialize(response)
-            expires = now + self.request_ttl_ms
-            mutations.append(
+            expires = change.now_ms + self.request_ttl_ms
+            pending_commit.mutations.append(
                 (
                     Keyspace.REQUESTS,
                     request_id.encode(),
                     codec.encode_request(fingerprint, response_bytes, expires, revision),
                 )
             )
-            mutations.append((Keyspace.REQUEST_EXPIRY, keys.expiry_key(expires, request_id), b""))
-            self._pending_requests[request_id] = (commit, fingerprint, response_bytes)
-        self.pending.put_nodes(zip(node_keys, txn.nodes.values(), strict=True), revision)
-        for mt in txn.types:
-            self.pending.types[(mt.name, mt.version)] = mt
-        self.committer.enqueue(commit)
+            pending_commit.mutations.append(
+                (Keyspace.REQUEST_EXPIRY, keys.expiry_key(expires, request_id), b"")
+            )
+            self._pending_requests[request_id] = (pending_commit, fingerprint, response_bytes)
+        self.committer.enqueue(pending_commit)
         try:
-            await asyncio.shield(commit.future)
+            await asyncio.shield(pending_commit.future)
         finally:
             if request_id:
                 entry = self._pending_requests.get(request_id)
-                if entry is not None and entry[0] is commit:
+                if entry is not None and entry[0] is pending_commit:
                     del self._pending_requests[request_id]
         return response
 
@@ -202,11 +205,13 @@ class Engine:
         pending = self.pending
         last = group[-1].revision
         for commit in group:
-            pending.release(commit.node_keys, ((mt.name, mt.version) for mt in commit.new_types), last)
+            pending.release(
+                commit.node_keys, ((mt.name, mt.version) for mt in commit.new_types), commit.raw_keys, last
+            )
             for mt in commit.new_types:
                 self.catalog.add(mt)
-        for listener in self.commit_listeners:
-            listener(last)
+        for listener in self.durable_listeners:
+            listener(group)
 
     def _on_reset(self) -> None:
         self.pending.clear()
@@ -241,3 +246,86 @@ class Engine:
         if swept:
             self.store.write(batch, sync=False)
         return swept
+
+
+class Commit:
+    """One commit being built: a revision, a clock reading, and the changes made so far.
+
+    Reads see durable state plus every earlier pending commit (never client-visible). Writes
+    are buffered here and only reach the store through the committer.
+    """
+
+    def __init__(self, engine: Engine, revision: int, now: int) -> None:
+        self.engine = engine
+        self.revision = revision
+        self.now_ms = now
+        self.events: list[Event] = []
+        self.mutations: list[Mutation] = []
+        self._local: dict[tuple[Keyspace, bytes], bytes | None] = {}
+        self._txn: Transaction | None = None
+
+    def transaction(self) -> Transaction:
+        """The node transaction of this commit (created on first use; shares its events)."""
+        if self._txn is None:
+            self._txn = Transaction(
+                self.engine.write_view, self.revision, self.now_ms, self.engine.limits, self.events
+            )
+        return self._txn
+
+    def get(self, keyspace: Keyspace, key: bytes) -> bytes | None:
+        local = self._local
+        if (keyspace, key) in local:
+            return local[(keyspace, key)]
+        entry = self.engine.pending.raw.get((keyspace, key))
+        if entry is not None:
+            return entry[0]
+        return self.engine.store.get(keyspace, key)
+
+    def put(self, keyspace: Keyspace, key: bytes, value: bytes) -> None:
+        self._local[(keyspace, key)] = value
+
+    def delete(self, keyspace: Keyspace, key: bytes) -> None:
+        self._local[(keyspace, key)] = None
+
+    def event(self, kind: EventKind, address: NodeAddress | None = None, **fields: Any) -> Event:
+        event = Event(self.revision, len(self.events), kind, self.now_ms, address, **fields)
+        self.events.append(event)
+        return event
+
+    def seal(self) -> PendingCommit:
+        """Encode everything into mutations, publish them to the pending overlay."""
+        engine, revision = self.engine, self.revision
+        mutations = self.mutations
+        node_keys: list[bytes] = []
+        new_types: list[MachineType] = []
+        txn = self._txn
+        if txn is not None:
+            for address, record in txn.nodes.items():
+                key = keys.node_key(address)
+                node_keys.append(key)
+                mutations.append(
+                    (Keyspace.NODES, key, codec.encode_node(record) if record is not None else None)
+                )
+            for task in txn.tasks:
+                tkey = keys.task_key(task.task_id)
+                assert tkey is not None
+                mutations.append((Keyspace.TASKS, tkey, codec.encode_task(task)))
+                mutations.extend(task_index_mutations(task))
+            for mt in txn.types:
+                mutations.append(
+                    (Keyspace.TYPES, keys.type_key(mt.name, mt.version), codec.encode_machine_type(mt))
+                )
+            new_types = list(txn.types)
+            engine.pending.put_nodes(zip(node_keys, txn.nodes.values(), strict=True), revision)
+            for mt in new_types:
+                engine.pending.types[(mt.name, mt.version)] = mt
+        raw_keys = list(self._local)
+        raw = engine.pending.raw
+        for (keyspace, key), value in self._local.items():
+            mutations.append((keyspace, key, value))
+            raw[(keyspace, key)] = (value, revision)
+        for event in self.events:
+            mutations.append(
+                (Keyspace.EVENTS, keys.seq_key(revision, event.index), codec.encode_event(event))
+            )
+        return PendingCommit(revision, mutations, node_keys, new_types, raw_keys, self.events)

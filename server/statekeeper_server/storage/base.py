@@ -18,6 +18,19 @@ class Keyspace(enum.Enum):
     EVENTS = "events"
     REQUESTS = "requests"
     REQUEST_EXPIRY = "request_expiry"
+    # tasks: node key + task key -> b"" (every task of a node or subtree, by prefix)
+    TASKS_BY_NODE = "tasks_by_node"
+    # tasks (executors): indexes kept by engine/task_index.py
+    TIMERS = "timers"
+    OUTBOUND_QUEUE = "outbound_queue"
+    DEAD_LETTERS = "dead_letters"
+    # events: durable consumers, and the (type, state) index for active listing
+    CONSUMERS = "consumers"
+    NODE_INDEX = "node_index"
+    # savepoints: runs, their savepoints, tree snapshots
+    RUNS = "runs"
+    SAVEPOINTS = "savepoints"
+    TREE_SNAPSHOTS = "tree_snapshots"
 
 
 class WriteBatch(Protocol):
