@@ -23,6 +23,7 @@ REPLACEMENTS = {
     "AioChannel": "SyncChannel",
     "aio_channel": "sync_channel",
     "aio_ready": "sync_ready",
+    "aio_sleep": "sync_sleep",
     "_async": "_sync",
 }
 

@@ -19,11 +19,13 @@ def test_sync_and_async_clients_have_the_same_methods() -> None:
     assert a.keys() == s.keys()
     for name in a:
         assert list(a[name].parameters) == list(s[name].parameters), name
-        # every async method is a coroutine function, and no sync one is
-        assert inspect.iscoroutinefunction(
-            getattr(sk.Client, name).__func__ if name == "connect" else getattr(sk.Client, name)
-        ), name
-        assert not inspect.iscoroutinefunction(getattr(sk.SyncClient, name)), name
+        # every async method is a coroutine function (or, for a stream, an async generator
+        # function), and no sync one is
+        method = getattr(sk.Client, name).__func__ if name == "connect" else getattr(sk.Client, name)
+        assert inspect.iscoroutinefunction(method) or inspect.isasyncgenfunction(method), name
+        sync_method = getattr(sk.SyncClient, name)
+        assert not inspect.iscoroutinefunction(sync_method), name
+        assert not inspect.isasyncgenfunction(sync_method), name
 
 
 def test_async_client_end_to_end(server: ServerProcess, uid: str) -> None:

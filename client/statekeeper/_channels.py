@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,10 +37,12 @@ def sync_channel(
 
 
 async def aio_ready(channel: AioChannel, timeout: float) -> None:
-    import asyncio
-
     await asyncio.wait_for(channel.channel_ready(), timeout)
 
 
 def sync_ready(channel: SyncChannel, timeout: float) -> None:
     grpc.channel_ready_future(channel).result(timeout=timeout)
+
+
+aio_sleep = asyncio.sleep
+sync_sleep = time.sleep

@@ -5,8 +5,13 @@
     statekeeper get REF                     one node      (REF: root or root/type:id/...)
     statekeeper tree REF                    a subtree with its states
     statekeeper transition REF NAME         apply a transition
+    statekeeper tasks list|get|dead-letters|retry|discard   timers and outbound tasks
+    statekeeper savepoints list|latest RUN   a run's savepoints, or its latest one loaded
+    statekeeper backup [--name NAME]        an online backup of the whole store (on the server)
 
-Every inspection command takes --server (or STATEKEEPER_ADDRESS) and --json.
+Every inspection command takes --server (or STATEKEEPER_ADDRESS) and --json; --token
+(STATEKEEPER_TOKEN) for a server with tokens, --tls-ca / --tls-cert / --tls-key
+(STATEKEEPER_TLS_CA, _CERT, _KEY) for TLS and mutual TLS.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 
 from statekeeper._errors import StatekeeperError
 from statekeeper._sync.client import SyncClient
-from statekeeper._types import MachineType, Node, Ref
+from statekeeper._types import MachineType, Node, Ref, Task
 
 
 def _jsonable(value: Any) -> Any:
@@ -101,14 +106,125 @@ def _show_type(mt: MachineType) -> None:
         print(_table(rows, ["transition", "from", "to", "tasks"]))
 
 
+def _task_rows(tasks: list[Task]) -> str:
+    rows = []
+    for t in tasks:
+        what = f"→{t.timer_transition}" if t.kind == "timer" else t.destination
+        rows.append(
+            [
+                t.id,
+                t.kind,
+                t.name,
+                str(t.ref),
+                what,
+                t.status,
+                str(t.attempts),
+                t.last_error.splitlines()[0] if t.last_error else "",
+            ]
+        )
+    return _table(rows, ["id", "kind", "name", "node", "target", "status", "attempts", "last error"])
+
+
+def _show_task(t: Task) -> None:
+    fields = _jsonable(t)
+    for name in ("next_attempt_ms", "lease_worker_id", "lease_expires_ms", "deadline_ms", "timer_transition"):
+        if not fields[name]:
+            del fields[name]
+    print(_table([[k, str(v)] for k, v in fields.items()], ["field", "value"]))
+
+
+def _run_tasks(client: SyncClient, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        if bool(args.node) == bool(args.destination):
+            raise ValueError("give either --node REF or --destination NAME")
+        node = Ref.parse(args.node) if args.node else None
+        tasks = client.list_tasks(node, tree=args.tree, destination=args.destination, statuses=args.status)
+        _print_json(tasks) if args.json else print(_task_rows(tasks))
+    elif args.action == "dead-letters":
+        tasks = client.list_dead_letters(args.destination)
+        _print_json(tasks) if args.json else print(_task_rows(tasks))
+    else:
+        if args.action == "get":
+            task = client.get_task(args.id)
+        elif args.action == "retry":
+            task = client.retry_dead_letter(args.id)
+        else:
+            task = client.discard_dead_letter(args.id)
+        _print_json(task) if args.json else _show_task(task)
+    return 0
+
+
+def _run_savepoints(client: SyncClient, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        run = client.get_run(args.run_id)
+        savepoints = client.list_savepoints(args.run_id)
+        if args.json:
+            _print_json({"run": run, "savepoints": savepoints})
+            return 0
+        schedule = f"every {run.schedule_ms} ms" if run.schedule_ms else "no schedule"
+        print(
+            f"run {run.run_id}: start {run.start_ms}, {schedule}, schema {run.schema_version}, "
+            f"{run.entity_count} entities, keep {run.keep_count}, next savepoint {run.next_savepoint_ms or '-'}"
+        )
+        rows = [
+            [
+                str(s.timestamp_ms),
+                str(s.schema_version),
+                str(s.entity_count),
+                str(s.size_bytes),
+                str(s.revision),
+            ]
+            for s in savepoints
+        ]
+        print(_table(rows, ["timestamp", "schema", "entities", "bytes", "revision"]))
+    else:
+        sp = client.load_savepoint(args.run_id, args.timestamp)
+        if args.json:
+            _print_json(sp)
+            return 0
+        print(
+            f"savepoint {sp.timestamp_ms} of run {sp.run_id} (schema {sp.schema_version}, {len(sp.states)} entities)"
+        )
+        if sp.fell_back:
+            print(f"fell back: damaged savepoints {', '.join(map(str, sp.damaged_timestamps))}")
+        rows = [[k, str(len(v)), str(_jsonable(v))[:60]] for k, v in sorted(sp.states.items())]
+        print(_table(rows, ["entity", "bytes", "state"]))
+    return 0
+
+
+def _run_backup(client: SyncClient, args: argparse.Namespace) -> int:
+    backup = client.create_backup(args.name)
+    if args.json:
+        _print_json(backup)
+    else:
+        print(
+            f"backup {backup.name} at {backup.path} (revision {backup.revision}, {backup.size_bytes} bytes)"
+        )
+    return 0
+
+
 def _client(args: argparse.Namespace) -> SyncClient:
     return SyncClient.connect(
-        args.server, token=args.token or None, timeout=args.timeout, wait_ready=args.timeout
+        args.server,
+        token=args.token or None,
+        timeout=args.timeout,
+        wait_ready=args.timeout,
+        tls=args.tls,
+        tls_ca=args.tls_ca or None,
+        tls_cert=args.tls_cert or None,
+        tls_key=args.tls_key or None,
+        tls_server_name=args.tls_server_name or None,
     )
 
 
 def _run(args: argparse.Namespace) -> int:
     with _client(args) as client:
+        if args.command == "tasks":
+            return _run_tasks(client, args)
+        if args.command == "savepoints":
+            return _run_savepoints(client, args)
+        if args.command == "backup":
+            return _run_backup(client, args)
         if args.command == "types":
             if args.action == "list":
                 types = client.list_machine_types(all_versions=args.all_versions)
@@ -167,7 +283,36 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--server", default=os.environ.get("STATEKEEPER_ADDRESS", "127.0.0.1:50051"), help="host:port"
     )
-    common.add_argument("--token", default=os.environ.get("STATEKEEPER_TOKEN", ""), help="bearer token")
+    common.add_argument(
+        "--token", default=os.environ.get("STATEKEEPER_TOKEN", ""), help="bearer token (STATEKEEPER_TOKEN)"
+    )
+    env = os.environ.get
+    common.add_argument(
+        "--tls",
+        action="store_true",
+        default=env("STATEKEEPER_TLS", "").lower() in ("1", "true", "yes", "on"),
+        help="use TLS, trusting the system's CAs (implied by --tls-ca) (STATEKEEPER_TLS)",
+    )
+    common.add_argument(
+        "--tls-ca",
+        default=env("STATEKEEPER_TLS_CA", ""),
+        help="PEM CA to trust for the server (STATEKEEPER_TLS_CA)",
+    )
+    common.add_argument(
+        "--tls-cert",
+        default=env("STATEKEEPER_TLS_CERT", ""),
+        help="PEM client certificate, for mutual TLS (STATEKEEPER_TLS_CERT)",
+    )
+    common.add_argument(
+        "--tls-key",
+        default=env("STATEKEEPER_TLS_KEY", ""),
+        help="PEM key of --tls-cert (STATEKEEPER_TLS_KEY)",
+    )
+    common.add_argument(
+        "--tls-server-name",
+        default=env("STATEKEEPER_TLS_SERVER_NAME", ""),
+        help="name to check the server's certificate against, if not the --server host",
+    )
     common.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
     common.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
@@ -195,6 +340,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--expect-count", type=int, default=None, help="expected transition count (compare-and-swap)"
     )
     p.add_argument("--request-id", default="")
+
+    tasks = sub.add_parser("tasks", help="timers and outbound tasks").add_subparsers(
+        dest="action", required=True
+    )
+    p = tasks.add_parser("list", parents=[common], help="tasks of a node, a tree, or a destination")
+    p.add_argument("--node", help="REF: the tasks of this node")
+    p.add_argument("--tree", action="store_true", help="with --node: also its descendants' tasks")
+    p.add_argument("--destination", default="", help="the pending and leased tasks of a destination")
+    p.add_argument("--status", action="append", default=[], help="only this status (repeatable)")
+    p = tasks.add_parser("get", parents=[common], help="one task with its attempts and last error")
+    p.add_argument("id")
+    p = tasks.add_parser("dead-letters", parents=[common], help="dead-lettered tasks")
+    p.add_argument("--destination", default="", help="only this destination")
+    p = tasks.add_parser("retry", parents=[common], help="put a dead-lettered task back to pending")
+    p.add_argument("id")
+    p = tasks.add_parser("discard", parents=[common], help="drop a dead-lettered task")
+    p.add_argument("id")
+
+    savepoints = sub.add_parser("savepoints", help="run savepoints").add_subparsers(
+        dest="action", required=True
+    )
+    p = savepoints.add_parser("list", parents=[common], help="a run and its complete savepoints")
+    p.add_argument("run_id")
+    p = savepoints.add_parser("latest", parents=[common], help="load a run's latest complete savepoint")
+    p.add_argument("run_id")
+    p.add_argument("--timestamp", type=int, default=0, help="load this savepoint instead of the latest")
+    p = sub.add_parser("backup", parents=[common], help="an online backup of the whole store")
+    p.add_argument("--name", default="", help="backup folder name (default: backup-<revision>-<ms>)")
     return parser
 
 
@@ -219,6 +392,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConnectionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # e.g. a --tls-* file that cannot be read
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

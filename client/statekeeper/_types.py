@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -117,7 +117,7 @@ class Task:
     id: str
     name: str
     kind: str  # "timer" or "outbound"
-    status: str  # "pending", "leased", "completed", "stale", "dead_letter"
+    status: str  # "pending", "leased", "completed", "stale", "dead_letter", "discarded"
     ref: Ref
     node_create_revision: int
     transition_count: int
@@ -129,6 +129,11 @@ class Task:
     payload: bytes = b""
     attempts: int = 0
     last_error: str = ""
+    # From get_task: when a pending outbound task is next handed out (epoch ms; 0 = now), and
+    # the current lease of a leased one.
+    next_attempt_ms: int = 0
+    lease_worker_id: str = ""
+    lease_expires_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -155,3 +160,251 @@ class BatchResult:
 
     revision: int
     results: tuple[Node | TransitionResult | int, ...]
+
+
+@dataclass(frozen=True)
+class Event:
+    """A durable change event. (revision, index) orders events; kind is e.g. "node_transitioned"."""
+
+    revision: int
+    index: int
+    kind: str
+    time_ms: int
+    ref: Ref | None
+    machine_type: str = ""
+    from_state: str = ""
+    to_state: str = ""
+    transition: str = ""
+    transition_count: int = 0
+    task_id: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """An event delivered to a consumer; acknowledge it with client.ack(consumer, delivery)."""
+
+    event: Event
+    delivery_count: int
+
+
+@dataclass(frozen=True)
+class Consumer:
+    name: str
+    acked_revision: int
+    unacked_count: int
+    lag_revisions: int
+    subscribers: int
+    ack_wait_ms: int
+    max_unacked: int
+    create_revision: int
+    root_id: str = ""
+    machine_types: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LeasedTask:
+    """An outbound task leased to a worker: settle it with complete_task, fail_task or
+    release_task (the SDK's Worker does this for you)."""
+
+    task: Task
+    token: str
+    expires_ms: int
+
+    @property
+    def id(self) -> str:
+        return self.task.id
+
+    @property
+    def payload(self) -> bytes:
+        return self.task.payload
+
+    @property
+    def ref(self) -> Ref:
+        return self.task.ref
+
+    @property
+    def destination(self) -> str:
+        return self.task.destination
+
+    @property
+    def attempts(self) -> int:
+        """Attempts made before this one."""
+        return self.task.attempts
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What a worker's handler may return: a transition to apply to the task's node (with new
+    data and task inputs) when the task is completed. Returning None completes without one; a
+    string is a transition name; a (transition, data) tuple works too."""
+
+    transition: str = ""
+    data: bytes | str | None = None
+    content_type: str = ""
+    task_inputs: Sequence[TaskInput] = ()
+
+
+@dataclass(frozen=True)
+class CompleteResult:
+    task: Task
+    revision: int
+    node_state: str = ""
+    node_transition_count: int = 0
+    emitted_tasks: tuple[Task, ...] = ()
+
+
+@dataclass(frozen=True)
+class FailResult:
+    """task is pending again (retried at next_attempt_ms), dead_letter, or stale."""
+
+    task: Task
+    revision: int
+    next_attempt_ms: int = 0
+
+
+@dataclass(frozen=True)
+class HeartbeatResult:
+    lease_expires_ms: int
+    stale: bool = False
+
+
+# -- savepoints ---------------------------------------------------------------------------------
+
+State = bytes | str
+"""An entity's state: opaque bytes (str is sent UTF-8 encoded)."""
+
+Upgrade = Callable[[dict[str, bytes]], Mapping[str, bytes]]
+"""Upgrades every entity's state (entity id -> state) from one schema version to the next."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run: entities whose states are collected into scheduled savepoints (Runbox's StateStore)."""
+
+    run_id: str
+    start_ms: int
+    schedule_ms: int  # savepoint interval; 0: the run makes no savepoints
+    schema_version: int
+    keep_count: int  # newest complete savepoints kept
+    entity_count: int
+    latest_savepoint_ms: int | None  # None: no complete savepoint yet
+    savepoint_count: int
+    next_savepoint_ms: int | None  # the oldest savepoint not complete yet
+    create_revision: int
+    create_time_ms: int
+
+
+@dataclass(frozen=True)
+class EntitySave:
+    """Save an entity's state at a timestamp (epoch ms)."""
+
+    run_id: str
+    entity_id: str
+    timestamp_ms: int
+    state: State
+
+
+@dataclass(frozen=True)
+class EntityUpdate:
+    """Set an entity's current state (persists nothing until acknowledged)."""
+
+    run_id: str
+    entity_id: str
+    state: State
+
+
+@dataclass(frozen=True)
+class EntityAck:
+    """An entity has processed everything up to processed_time_ms."""
+
+    run_id: str
+    entity_id: str
+    processed_time_ms: int
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    """What one save or acknowledgement did: the savepoints it filled (first..last, count) and
+    the entity's next savepoint."""
+
+    filled_count: int
+    first_filled_ms: int
+    last_filled_ms: int
+    next_savepoint_ms: int
+
+    @property
+    def saved(self) -> bool:
+        return self.filled_count > 0
+
+
+@dataclass(frozen=True)
+class SaveOutcome:
+    """revision 0 when nothing was written; completed: (run id, timestamp) of each savepoint that
+    became complete and was persisted."""
+
+    revision: int
+    results: tuple[SaveResult, ...]
+    completed: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class Savepoint:
+    """A loaded complete savepoint. damaged_timestamps: newer savepoints skipped because their
+    checksum failed (fell_back is then True). upgraded_from: the schema version stored, when
+    upgrade functions were applied on load; written_back: the upgrade was stored."""
+
+    run_id: str
+    timestamp_ms: int
+    schema_version: int
+    states: dict[str, bytes]
+    damaged_timestamps: tuple[int, ...] = ()
+    fell_back: bool = False
+    upgraded_from: int | None = None
+    written_back: bool = False
+
+
+@dataclass(frozen=True)
+class SavepointInfo:
+    timestamp_ms: int
+    schema_version: int
+    entity_count: int
+    size_bytes: int
+    revision: int
+    create_time_ms: int
+
+
+@dataclass(frozen=True)
+class TreeSnapshot:
+    """A named snapshot of a tree as of `revision`."""
+
+    root_id: str
+    name: str
+    revision: int
+    create_revision: int
+    create_time_ms: int
+    node_count: int
+    task_count: int
+
+
+@dataclass(frozen=True)
+class TreeRestore:
+    """The outcome of restoring or forking a tree snapshot."""
+
+    root: Node
+    revision: int
+    node_count: int
+    deleted_count: int
+    task_count: int
+
+
+@dataclass(frozen=True)
+class Backup:
+    """A backup folder on the server's machine; start a server on a copy of it to restore."""
+
+    name: str
+    path: str
+    revision: int
+    size_bytes: int
+    create_time_ms: int

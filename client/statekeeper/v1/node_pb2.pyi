@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from statekeeper.v1 import common_pb2 as _common_pb2
 from statekeeper.v1 import task_pb2 as _task_pb2
 import builtins as _builtins
@@ -19,6 +20,30 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _NodeStatusFilter:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NodeStatusFilterEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NodeStatusFilter.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NODE_STATUS_FILTER_UNSPECIFIED: _NodeStatusFilter.ValueType  # 0
+    """Not set: every node."""
+    NODE_STATUS_FILTER_ACTIVE: _NodeStatusFilter.ValueType  # 1
+    """Only nodes not in a terminal state."""
+    NODE_STATUS_FILTER_TERMINAL: _NodeStatusFilter.ValueType  # 2
+    """Only nodes in a terminal state."""
+
+class NodeStatusFilter(_NodeStatusFilter, metaclass=_NodeStatusFilterEnumTypeWrapper):
+    """NodeStatusFilter selects nodes by whether they are in a terminal state."""
+
+NODE_STATUS_FILTER_UNSPECIFIED: NodeStatusFilter.ValueType  # 0
+"""Not set: every node."""
+NODE_STATUS_FILTER_ACTIVE: NodeStatusFilter.ValueType  # 1
+"""Only nodes not in a terminal state."""
+NODE_STATUS_FILTER_TERMINAL: NodeStatusFilter.ValueType  # 2
+"""Only nodes in a terminal state."""
+Global___NodeStatusFilter: _TypeAlias = NodeStatusFilter  # noqa: Y015
 
 @_typing.final
 class Node(_message.Message):
@@ -737,3 +762,69 @@ class ExecuteBatchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExecuteBatchResponse: _TypeAlias = ExecuteBatchResponse  # noqa: Y015
+
+@_typing.final
+class ListNodesRequest(_message.Message):
+    """ListNodesRequest pages through the nodes of one machine type."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MACHINE_TYPE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    machine_type: _builtins.str
+    """Machine type name; required."""
+    state: _builtins.str
+    """Only nodes in this state; empty for any state."""
+    status: Global___NodeStatusFilter.ValueType
+    """Only active or only terminal nodes."""
+    page_size: _builtins.int
+    """Maximum number of nodes to return; 0 means the server default (100), capped at 1000."""
+    page_token: _builtins.str
+    """Token from a previous response; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        machine_type: _builtins.str = ...,
+        state: _builtins.str = ...,
+        status: Global___NodeStatusFilter.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["machine_type", b"machine_type", "page_size", b"page_size", "page_token", b"page_token", "state", b"state", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNodesRequest: _TypeAlias = ListNodesRequest  # noqa: Y015
+
+@_typing.final
+class ListNodesResponse(_message.Message):
+    """ListNodesResponse is one page of nodes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty when this is the last page."""
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Node]:
+        """The nodes of this page, grouped by status and state, then by address."""
+
+    def __init__(
+        self,
+        *,
+        nodes: _abc.Iterable[Global___Node] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "nodes", b"nodes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListNodesResponse: _TypeAlias = ListNodesResponse  # noqa: Y015

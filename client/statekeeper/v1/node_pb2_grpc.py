@@ -76,6 +76,11 @@ class NodeServiceStub(object):
                 request_serializer=statekeeper_dot_v1_dot_node__pb2.ExecuteBatchRequest.SerializeToString,
                 response_deserializer=statekeeper_dot_v1_dot_node__pb2.ExecuteBatchResponse.FromString,
                 _registered_method=True)
+        self.ListNodes = channel.unary_unary(
+                '/statekeeper.v1.NodeService/ListNodes',
+                request_serializer=statekeeper_dot_v1_dot_node__pb2.ListNodesRequest.SerializeToString,
+                response_deserializer=statekeeper_dot_v1_dot_node__pb2.ListNodesResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer(object):
@@ -142,6 +147,14 @@ class NodeServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListNodes(self, request, context):
+        """ListNodes lists the nodes of one machine type: the active (non-terminal) ones, the
+        terminal ones, or those in one state, from an index kept in the same commit as the nodes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -184,6 +197,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.ExecuteBatch,
                     request_deserializer=statekeeper_dot_v1_dot_node__pb2.ExecuteBatchRequest.FromString,
                     response_serializer=statekeeper_dot_v1_dot_node__pb2.ExecuteBatchResponse.SerializeToString,
+            ),
+            'ListNodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNodes,
+                    request_deserializer=statekeeper_dot_v1_dot_node__pb2.ListNodesRequest.FromString,
+                    response_serializer=statekeeper_dot_v1_dot_node__pb2.ListNodesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -404,6 +422,33 @@ class NodeService(object):
             '/statekeeper.v1.NodeService/ExecuteBatch',
             statekeeper_dot_v1_dot_node__pb2.ExecuteBatchRequest.SerializeToString,
             statekeeper_dot_v1_dot_node__pb2.ExecuteBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/statekeeper.v1.NodeService/ListNodes',
+            statekeeper_dot_v1_dot_node__pb2.ListNodesRequest.SerializeToString,
+            statekeeper_dot_v1_dot_node__pb2.ListNodesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,10 @@ class NodeServiceStub:
     """ExecuteBatch applies several operations atomically: all commit under one revision, or none
     does and the error names the index of the failing operation.
     """
+    ListNodes: _grpc.UnaryUnaryMultiCallable[_node_pb2.ListNodesRequest, _node_pb2.ListNodesResponse]
+    """ListNodes lists the nodes of one machine type: the active (non-terminal) ones, the
+    terminal ones, or those in one state, from an index kept in the same commit as the nodes.
+    """
 
 @_typing.type_check_only
 class NodeServiceAsyncStub(NodeServiceStub):
@@ -84,6 +88,10 @@ class NodeServiceAsyncStub(NodeServiceStub):
     ExecuteBatch: _aio.UnaryUnaryMultiCallable[_node_pb2.ExecuteBatchRequest, _node_pb2.ExecuteBatchResponse]  # type: ignore[assignment]
     """ExecuteBatch applies several operations atomically: all commit under one revision, or none
     does and the error names the index of the failing operation.
+    """
+    ListNodes: _aio.UnaryUnaryMultiCallable[_node_pb2.ListNodesRequest, _node_pb2.ListNodesResponse]  # type: ignore[assignment]
+    """ListNodes lists the nodes of one machine type: the active (non-terminal) ones, the
+    terminal ones, or those in one state, from an index kept in the same commit as the nodes.
     """
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -158,6 +166,16 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_node_pb2.ExecuteBatchResponse, _abc.Awaitable[_node_pb2.ExecuteBatchResponse]]:
         """ExecuteBatch applies several operations atomically: all commit under one revision, or none
         does and the error names the index of the failing operation.
+        """
+
+    @_abc_1.abstractmethod
+    def ListNodes(
+        self,
+        request: _node_pb2.ListNodesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.ListNodesResponse, _abc.Awaitable[_node_pb2.ListNodesResponse]]:
+        """ListNodes lists the nodes of one machine type: the active (non-terminal) ones, the
+        terminal ones, or those in one state, from an index kept in the same commit as the nodes.
         """
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

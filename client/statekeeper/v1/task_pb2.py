@@ -25,19 +25,67 @@ _sym_db = _symbol_database.Default()
 from statekeeper.v1 import common_pb2 as statekeeper_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19statekeeper/v1/task.proto\x12\x0estatekeeper.v1\x1a\x1bstatekeeper/v1/common.proto\"n\n\rTaskReference\x12%\n\x04node\x18\x01 \x01(\x0b\x32\x17.statekeeper.v1.NodeRef\x12\x1c\n\x14node_create_revision\x18\x02 \x01(\x03\x12\x18\n\x10transition_count\x18\x03 \x01(\x03\"\xce\x02\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12&\n\x04kind\x18\x03 \x01(\x0e\x32\x18.statekeeper.v1.TaskKind\x12\x30\n\treference\x18\x04 \x01(\x0b\x32\x1d.statekeeper.v1.TaskReference\x12*\n\x06status\x18\x05 \x01(\x0e\x32\x1a.statekeeper.v1.TaskStatus\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x06 \x01(\x03\x12\x18\n\x10timer_transition\x18\x07 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x08 \x01(\t\x12\x0f\n\x07payload\x18\t \x01(\x0c\x12\x10\n\x08\x61ttempts\x18\n \x01(\x05\x12\x12\n\nlast_error\x18\x0b \x01(\t\x12\x17\n\x0f\x63reate_revision\x18\x0c \x01(\x03\x12\x12\n\nemitted_by\x18\r \x01(\t*R\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fTASK_KIND_TIMER\x10\x01\x12\x16\n\x12TASK_KIND_OUTBOUND\x10\x02*\xa9\x01\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13TASK_STATUS_PENDING\x10\x01\x12\x16\n\x12TASK_STATUS_LEASED\x10\x02\x12\x19\n\x15TASK_STATUS_COMPLETED\x10\x03\x12\x15\n\x11TASK_STATUS_STALE\x10\x04\x12\x1b\n\x17TASK_STATUS_DEAD_LETTER\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19statekeeper/v1/task.proto\x12\x0estatekeeper.v1\x1a\x1bstatekeeper/v1/common.proto\"n\n\rTaskReference\x12%\n\x04node\x18\x01 \x01(\x0b\x32\x17.statekeeper.v1.NodeRef\x12\x1c\n\x14node_create_revision\x18\x02 \x01(\x03\x12\x18\n\x10transition_count\x18\x03 \x01(\x03\"\xce\x02\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12&\n\x04kind\x18\x03 \x01(\x0e\x32\x18.statekeeper.v1.TaskKind\x12\x30\n\treference\x18\x04 \x01(\x0b\x32\x1d.statekeeper.v1.TaskReference\x12*\n\x06status\x18\x05 \x01(\x0e\x32\x1a.statekeeper.v1.TaskStatus\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x06 \x01(\x03\x12\x18\n\x10timer_transition\x18\x07 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x08 \x01(\t\x12\x0f\n\x07payload\x18\t \x01(\x0c\x12\x10\n\x08\x61ttempts\x18\n \x01(\x05\x12\x12\n\nlast_error\x18\x0b \x01(\t\x12\x17\n\x0f\x63reate_revision\x18\x0c \x01(\x03\x12\x12\n\nemitted_by\x18\r \x01(\t\"2\n\tTaskLease\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x12\n\nexpires_ms\x18\x02 \x01(\x03\"_\n\nLeasedTask\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.statekeeper.v1.Task\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x18\n\x10lease_expires_ms\x18\x03 \x01(\x03\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"x\n\x0fGetTaskResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.statekeeper.v1.Task\x12(\n\x05lease\x18\x02 \x01(\x0b\x32\x19.statekeeper.v1.TaskLease\x12\x17\n\x0fnext_attempt_ms\x18\x03 \x01(\x03\"\xc0\x01\n\x10ListTasksRequest\x12%\n\x04node\x18\x01 \x01(\x0b\x32\x17.statekeeper.v1.NodeRef\x12\x1b\n\x13include_descendants\x18\x02 \x01(\x08\x12\x13\n\x0b\x64\x65stination\x18\x03 \x01(\t\x12,\n\x08statuses\x18\x04 \x03(\x0e\x32\x1a.statekeeper.v1.TaskStatus\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"Q\n\x11ListTasksResponse\x12#\n\x05tasks\x18\x01 \x03(\x0b\x32\x14.statekeeper.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"n\n\x11LeaseTasksRequest\x12\x14\n\x0c\x64\x65stinations\x18\x01 \x03(\t\x12\x15\n\rmax_in_flight\x18\x02 \x01(\x05\x12\x19\n\x11lease_duration_ms\x18\x03 \x01(\x03\x12\x11\n\tworker_id\x18\x04 \x01(\t\"?\n\x12LeaseTasksResponse\x12)\n\x05tasks\x18\x01 \x03(\x0b\x32\x1a.statekeeper.v1.LeasedTask\"W\n\x14HeartbeatTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x19\n\x11lease_duration_ms\x18\x03 \x01(\x03\"@\n\x15HeartbeatTaskResponse\x12\x18\n\x10lease_expires_ms\x18\x01 \x01(\x03\x12\r\n\x05stale\x18\x02 \x01(\x08\"I\n\x13\x43ompletionTaskInput\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x02 \x01(\x03\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\"\xad\x01\n\x13\x43ompleteTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x12\n\ntransition\x18\x03 \x01(\t\x12\"\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x14.statekeeper.v1.Data\x12\x38\n\x0btask_inputs\x18\x05 \x03(\x0b\x32#.statekeeper.v1.CompletionTaskInput\"\xac\x01\n\x14\x43ompleteTaskResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.statekeeper.v1.Task\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x12\n\nnode_state\x18\x03 \x01(\t\x12\x1d\n\x15node_transition_count\x18\x04 \x01(\x03\x12+\n\remitted_tasks\x18\x05 \x03(\x0b\x32\x14.statekeeper.v1.Task\"Y\n\x0f\x46\x61ilTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x11\n\tpermanent\x18\x04 \x01(\x08\"a\n\x10\x46\x61ilTaskResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.statekeeper.v1.Task\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x17\n\x0fnext_attempt_ms\x18\x03 \x01(\x03\":\n\x12ReleaseTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\"\x15\n\x13ReleaseTaskResponse\"T\n\x16ListDeadLettersRequest\x12\x13\n\x0b\x64\x65stination\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"W\n\x17ListDeadLettersResponse\x12#\n\x05tasks\x18\x01 \x03(\x0b\x32\x14.statekeeper.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x16RetryDeadLetterRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"O\n\x17RetryDeadLetterResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.statekeeper.v1.Task\x12\x10\n\x08revision\x18\x02 \x01(\x03\"+\n\x18\x44iscardDeadLetterRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"Q\n\x19\x44iscardDeadLetterResponse\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x14.statekeeper.v1.Task\x12\x10\n\x08revision\x18\x02 \x01(\x03*R\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fTASK_KIND_TIMER\x10\x01\x12\x16\n\x12TASK_KIND_OUTBOUND\x10\x02*\xc4\x01\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13TASK_STATUS_PENDING\x10\x01\x12\x16\n\x12TASK_STATUS_LEASED\x10\x02\x12\x19\n\x15TASK_STATUS_COMPLETED\x10\x03\x12\x15\n\x11TASK_STATUS_STALE\x10\x04\x12\x1b\n\x17TASK_STATUS_DEAD_LETTER\x10\x05\x12\x19\n\x15TASK_STATUS_DISCARDED\x10\x06\x32\x94\x07\n\x0bTaskService\x12J\n\x07GetTask\x12\x1e.statekeeper.v1.GetTaskRequest\x1a\x1f.statekeeper.v1.GetTaskResponse\x12P\n\tListTasks\x12 .statekeeper.v1.ListTasksRequest\x1a!.statekeeper.v1.ListTasksResponse\x12U\n\nLeaseTasks\x12!.statekeeper.v1.LeaseTasksRequest\x1a\".statekeeper.v1.LeaseTasksResponse0\x01\x12\\\n\rHeartbeatTask\x12$.statekeeper.v1.HeartbeatTaskRequest\x1a%.statekeeper.v1.HeartbeatTaskResponse\x12Y\n\x0c\x43ompleteTask\x12#.statekeeper.v1.CompleteTaskRequest\x1a$.statekeeper.v1.CompleteTaskResponse\x12M\n\x08\x46\x61ilTask\x12\x1f.statekeeper.v1.FailTaskRequest\x1a .statekeeper.v1.FailTaskResponse\x12V\n\x0bReleaseTask\x12\".statekeeper.v1.ReleaseTaskRequest\x1a#.statekeeper.v1.ReleaseTaskResponse\x12\x62\n\x0fListDeadLetters\x12&.statekeeper.v1.ListDeadLettersRequest\x1a\'.statekeeper.v1.ListDeadLettersResponse\x12\x62\n\x0fRetryDeadLetter\x12&.statekeeper.v1.RetryDeadLetterRequest\x1a\'.statekeeper.v1.RetryDeadLetterResponse\x12h\n\x11\x44iscardDeadLetter\x12(.statekeeper.v1.DiscardDeadLetterRequest\x1a).statekeeper.v1.DiscardDeadLetterResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'statekeeper.v1.task_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASKKIND']._serialized_start=523
-  _globals['_TASKKIND']._serialized_end=605
-  _globals['_TASKSTATUS']._serialized_start=608
-  _globals['_TASKSTATUS']._serialized_end=777
+  _globals['_TASKKIND']._serialized_start=2565
+  _globals['_TASKKIND']._serialized_end=2647
+  _globals['_TASKSTATUS']._serialized_start=2650
+  _globals['_TASKSTATUS']._serialized_end=2846
   _globals['_TASKREFERENCE']._serialized_start=74
   _globals['_TASKREFERENCE']._serialized_end=184
   _globals['_TASK']._serialized_start=187
   _globals['_TASK']._serialized_end=521
+  _globals['_TASKLEASE']._serialized_start=523
+  _globals['_TASKLEASE']._serialized_end=573
+  _globals['_LEASEDTASK']._serialized_start=575
+  _globals['_LEASEDTASK']._serialized_end=670
+  _globals['_GETTASKREQUEST']._serialized_start=672
+  _globals['_GETTASKREQUEST']._serialized_end=705
+  _globals['_GETTASKRESPONSE']._serialized_start=707
+  _globals['_GETTASKRESPONSE']._serialized_end=827
+  _globals['_LISTTASKSREQUEST']._serialized_start=830
+  _globals['_LISTTASKSREQUEST']._serialized_end=1022
+  _globals['_LISTTASKSRESPONSE']._serialized_start=1024
+  _globals['_LISTTASKSRESPONSE']._serialized_end=1105
+  _globals['_LEASETASKSREQUEST']._serialized_start=1107
+  _globals['_LEASETASKSREQUEST']._serialized_end=1217
+  _globals['_LEASETASKSRESPONSE']._serialized_start=1219
+  _globals['_LEASETASKSRESPONSE']._serialized_end=1282
+  _globals['_HEARTBEATTASKREQUEST']._serialized_start=1284
+  _globals['_HEARTBEATTASKREQUEST']._serialized_end=1371
+  _globals['_HEARTBEATTASKRESPONSE']._serialized_start=1373
+  _globals['_HEARTBEATTASKRESPONSE']._serialized_end=1437
+  _globals['_COMPLETIONTASKINPUT']._serialized_start=1439
+  _globals['_COMPLETIONTASKINPUT']._serialized_end=1512
+  _globals['_COMPLETETASKREQUEST']._serialized_start=1515
+  _globals['_COMPLETETASKREQUEST']._serialized_end=1688
+  _globals['_COMPLETETASKRESPONSE']._serialized_start=1691
+  _globals['_COMPLETETASKRESPONSE']._serialized_end=1863
+  _globals['_FAILTASKREQUEST']._serialized_start=1865
+  _globals['_FAILTASKREQUEST']._serialized_end=1954
+  _globals['_FAILTASKRESPONSE']._serialized_start=1956
+  _globals['_FAILTASKRESPONSE']._serialized_end=2053
+  _globals['_RELEASETASKREQUEST']._serialized_start=2055
+  _globals['_RELEASETASKREQUEST']._serialized_end=2113
+  _globals['_RELEASETASKRESPONSE']._serialized_start=2115
+  _globals['_RELEASETASKRESPONSE']._serialized_end=2136
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=2138
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=2222
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=2224
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=2311
+  _globals['_RETRYDEADLETTERREQUEST']._serialized_start=2313
+  _globals['_RETRYDEADLETTERREQUEST']._serialized_end=2354
+  _globals['_RETRYDEADLETTERRESPONSE']._serialized_start=2356
+  _globals['_RETRYDEADLETTERRESPONSE']._serialized_end=2435
+  _globals['_DISCARDDEADLETTERREQUEST']._serialized_start=2437
+  _globals['_DISCARDDEADLETTERREQUEST']._serialized_end=2480
+  _globals['_DISCARDDEADLETTERRESPONSE']._serialized_start=2482
+  _globals['_DISCARDDEADLETTERRESPONSE']._serialized_end=2563
+  _globals['_TASKSERVICE']._serialized_start=2849
+  _globals['_TASKSERVICE']._serialized_end=3765
 # @@protoc_insertion_point(module_scope)

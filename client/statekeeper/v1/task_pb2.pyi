@@ -3,8 +3,10 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from statekeeper.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
@@ -60,6 +62,8 @@ class _TaskStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskStatus
     """Dropped because its node moved on, was deleted or was recreated."""
     TASK_STATUS_DEAD_LETTER: _TaskStatus.ValueType  # 5
     """Failed too many times; waiting in the dead-letter list."""
+    TASK_STATUS_DISCARDED: _TaskStatus.ValueType  # 6
+    """Dropped from the dead-letter list by an operator."""
 
 class TaskStatus(_TaskStatus, metaclass=_TaskStatusEnumTypeWrapper):
     """TaskStatus is where a task is in its life."""
@@ -76,6 +80,8 @@ TASK_STATUS_STALE: TaskStatus.ValueType  # 4
 """Dropped because its node moved on, was deleted or was recreated."""
 TASK_STATUS_DEAD_LETTER: TaskStatus.ValueType  # 5
 """Failed too many times; waiting in the dead-letter list."""
+TASK_STATUS_DISCARDED: TaskStatus.ValueType  # 6
+"""Dropped from the dead-letter list by an operator."""
 Global___TaskStatus: _TypeAlias = TaskStatus  # noqa: Y015
 
 @_typing.final
@@ -183,3 +189,698 @@ class Task(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Task: _TypeAlias = Task  # noqa: Y015
+
+@_typing.final
+class TaskLease(_message.Message):
+    """TaskLease describes the lease a worker holds on an outbound task."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    EXPIRES_MS_FIELD_NUMBER: _builtins.int
+    worker_id: _builtins.str
+    """Worker id the lease was given to, as the worker named itself."""
+    expires_ms: _builtins.int
+    """When the lease expires unless extended, epoch milliseconds."""
+    def __init__(
+        self,
+        *,
+        worker_id: _builtins.str = ...,
+        expires_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_ms", b"expires_ms", "worker_id", b"worker_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskLease: _TypeAlias = TaskLease  # noqa: Y015
+
+@_typing.final
+class LeasedTask(_message.Message):
+    """LeasedTask is a task handed to a worker, with the token that settles it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
+    LEASE_EXPIRES_MS_FIELD_NUMBER: _builtins.int
+    lease_token: _builtins.str
+    """Token to pass to HeartbeatTask, CompleteTask, FailTask and ReleaseTask."""
+    lease_expires_ms: _builtins.int
+    """When the lease expires unless extended, epoch milliseconds."""
+    @_builtins.property
+    def task(self) -> Global___Task:
+        """The task."""
+
+    def __init__(
+        self,
+        *,
+        task: Global___Task | None = ...,
+        lease_token: _builtins.str = ...,
+        lease_expires_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_expires_ms", b"lease_expires_ms", "lease_token", b"lease_token", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeasedTask: _TypeAlias = LeasedTask  # noqa: Y015
+
+@_typing.final
+class GetTaskRequest(_message.Message):
+    """GetTaskRequest names one task."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    """Id of the task."""
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTaskRequest: _TypeAlias = GetTaskRequest  # noqa: Y015
+
+@_typing.final
+class GetTaskResponse(_message.Message):
+    """GetTaskResponse carries one task."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_MS_FIELD_NUMBER: _builtins.int
+    next_attempt_ms: _builtins.int
+    """Outbound: when the task may next be handed out, epoch milliseconds (after a failure's
+    backoff); 0 when it is available now.
+    """
+    @_builtins.property
+    def task(self) -> Global___Task:
+        """The task; its status is LEASED while a worker holds it."""
+
+    @_builtins.property
+    def lease(self) -> Global___TaskLease:
+        """The current lease, when the task is leased."""
+
+    def __init__(
+        self,
+        *,
+        task: Global___Task | None = ...,
+        lease: Global___TaskLease | None = ...,
+        next_attempt_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "task", b"task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "next_attempt_ms", b"next_attempt_ms", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTaskResponse: _TypeAlias = GetTaskResponse  # noqa: Y015
+
+@_typing.final
+class ListTasksRequest(_message.Message):
+    """ListTasksRequest selects tasks by node, by tree, or by destination."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    INCLUDE_DESCENDANTS_FIELD_NUMBER: _builtins.int
+    DESTINATION_FIELD_NUMBER: _builtins.int
+    STATUSES_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    include_descendants: _builtins.bool
+    """With node: also list the tasks of all its descendants (the whole subtree)."""
+    destination: _builtins.str
+    """An outbound destination: its pending and leased tasks, in the order they are handed out."""
+    page_size: _builtins.int
+    """Maximum number of tasks to return; 0 means the server default (100), capped at 1000."""
+    page_token: _builtins.str
+    """Token from a previous response; empty for the first page."""
+    @_builtins.property
+    def node(self) -> _common_pb2.NodeRef:
+        """The node whose tasks are listed. Either node or destination must be set."""
+
+    @_builtins.property
+    def statuses(self) -> _containers.RepeatedScalarFieldContainer[Global___TaskStatus.ValueType]:
+        """Only tasks with one of these statuses; empty lists every status."""
+
+    def __init__(
+        self,
+        *,
+        node: _common_pb2.NodeRef | None = ...,
+        include_descendants: _builtins.bool = ...,
+        destination: _builtins.str = ...,
+        statuses: _abc.Iterable[Global___TaskStatus.ValueType] | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination", b"destination", "include_descendants", b"include_descendants", "node", b"node", "page_size", b"page_size", "page_token", b"page_token", "statuses", b"statuses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTasksRequest: _TypeAlias = ListTasksRequest  # noqa: Y015
+
+@_typing.final
+class ListTasksResponse(_message.Message):
+    """ListTasksResponse is one page of tasks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASKS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty when this is the last page. A page may hold fewer tasks than
+    page_size (even none) and still have a next page when a status filter skipped many.
+    """
+    @_builtins.property
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Task]:
+        """The tasks of this page: by node then task id, or in hand-out order for a destination."""
+
+    def __init__(
+        self,
+        *,
+        tasks: _abc.Iterable[Global___Task] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "tasks", b"tasks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTasksResponse: _TypeAlias = ListTasksResponse  # noqa: Y015
+
+@_typing.final
+class LeaseTasksRequest(_message.Message):
+    """LeaseTasksRequest opens a worker's lease stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DESTINATIONS_FIELD_NUMBER: _builtins.int
+    MAX_IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    LEASE_DURATION_MS_FIELD_NUMBER: _builtins.int
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    max_in_flight: _builtins.int
+    """Most tasks leased to this stream at once; 0 means 1. The server's per-destination limit
+    applies as well.
+    """
+    lease_duration_ms: _builtins.int
+    """Lease duration in milliseconds; 0 means the server default. Heartbeats extend it."""
+    worker_id: _builtins.str
+    """Free-text name of the worker, shown in GetTask."""
+    @_builtins.property
+    def destinations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Destinations the worker serves (at least one, at most 100)."""
+
+    def __init__(
+        self,
+        *,
+        destinations: _abc.Iterable[_builtins.str] | None = ...,
+        max_in_flight: _builtins.int = ...,
+        lease_duration_ms: _builtins.int = ...,
+        worker_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destinations", b"destinations", "lease_duration_ms", b"lease_duration_ms", "max_in_flight", b"max_in_flight", "worker_id", b"worker_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseTasksRequest: _TypeAlias = LeaseTasksRequest  # noqa: Y015
+
+@_typing.final
+class LeaseTasksResponse(_message.Message):
+    """LeaseTasksResponse carries tasks newly leased to the stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___LeasedTask]:
+        """The tasks, each under its own lease."""
+
+    def __init__(
+        self,
+        *,
+        tasks: _abc.Iterable[Global___LeasedTask] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tasks", b"tasks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseTasksResponse: _TypeAlias = LeaseTasksResponse  # noqa: Y015
+
+@_typing.final
+class HeartbeatTaskRequest(_message.Message):
+    """HeartbeatTaskRequest extends a lease."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
+    LEASE_DURATION_MS_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    """Id of the leased task."""
+    lease_token: _builtins.str
+    """The lease token from LeaseTasks."""
+    lease_duration_ms: _builtins.int
+    """New lease duration from now, in milliseconds; 0 keeps the stream's lease duration."""
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        lease_token: _builtins.str = ...,
+        lease_duration_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_duration_ms", b"lease_duration_ms", "lease_token", b"lease_token", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeartbeatTaskRequest: _TypeAlias = HeartbeatTaskRequest  # noqa: Y015
+
+@_typing.final
+class HeartbeatTaskResponse(_message.Message):
+    """HeartbeatTaskResponse says until when the lease now holds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_EXPIRES_MS_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
+    lease_expires_ms: _builtins.int
+    """When the lease expires unless extended again, epoch milliseconds."""
+    stale: _builtins.bool
+    """True when the task's node has moved on: a completion would be refused, so the worker may
+    stop early.
+    """
+    def __init__(
+        self,
+        *,
+        lease_expires_ms: _builtins.int = ...,
+        stale: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_expires_ms", b"lease_expires_ms", "stale", b"stale"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeartbeatTaskResponse: _TypeAlias = HeartbeatTaskResponse  # noqa: Y015
+
+@_typing.final
+class CompletionTaskInput(_message.Message):
+    """CompletionTaskInput supplies per-request values for a task that the completion's transition
+    emits (the same as TaskInput of ApplyTransitionRequest).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_FIELD_NUMBER: _builtins.int
+    DEADLINE_MS_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    task: _builtins.str
+    """Name of the task in the transition's definition."""
+    deadline_ms: _builtins.int
+    """Timer deadline in epoch milliseconds, for timers that take their deadline from the request."""
+    payload: _builtins.bytes
+    """Payload for an outbound task; replaces the definition's payload when not empty."""
+    def __init__(
+        self,
+        *,
+        task: _builtins.str = ...,
+        deadline_ms: _builtins.int = ...,
+        payload: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline_ms", b"deadline_ms", "payload", b"payload", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompletionTaskInput: _TypeAlias = CompletionTaskInput  # noqa: Y015
+
+@_typing.final
+class CompleteTaskRequest(_message.Message):
+    """CompleteTaskRequest settles a lease with success."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
+    TRANSITION_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    TASK_INPUTS_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    """Id of the leased task."""
+    lease_token: _builtins.str
+    """The lease token from LeaseTasks."""
+    transition: _builtins.str
+    """Optional transition to apply to the task's node; empty applies none."""
+    @_builtins.property
+    def data(self) -> _common_pb2.Data:
+        """With transition: new data for the node; unset keeps the current data."""
+
+    @_builtins.property
+    def task_inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___CompletionTaskInput]:
+        """With transition: values for the tasks the transition emits."""
+
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        lease_token: _builtins.str = ...,
+        transition: _builtins.str = ...,
+        data: _common_pb2.Data | None = ...,
+        task_inputs: _abc.Iterable[Global___CompletionTaskInput] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "lease_token", b"lease_token", "task_id", b"task_id", "task_inputs", b"task_inputs", "transition", b"transition"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteTaskRequest: _TypeAlias = CompleteTaskRequest  # noqa: Y015
+
+@_typing.final
+class CompleteTaskResponse(_message.Message):
+    """CompleteTaskResponse is the outcome of a completion."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    NODE_STATE_FIELD_NUMBER: _builtins.int
+    NODE_TRANSITION_COUNT_FIELD_NUMBER: _builtins.int
+    EMITTED_TASKS_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """Revision of the commit."""
+    node_state: _builtins.str
+    """With a transition: the node's state after it."""
+    node_transition_count: _builtins.int
+    """With a transition: the node's transition count after it."""
+    @_builtins.property
+    def task(self) -> Global___Task:
+        """The task, now COMPLETED."""
+
+    @_builtins.property
+    def emitted_tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Task]:
+        """With a transition: the tasks it emitted."""
+
+    def __init__(
+        self,
+        *,
+        task: Global___Task | None = ...,
+        revision: _builtins.int = ...,
+        node_state: _builtins.str = ...,
+        node_transition_count: _builtins.int = ...,
+        emitted_tasks: _abc.Iterable[Global___Task] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["emitted_tasks", b"emitted_tasks", "node_state", b"node_state", "node_transition_count", b"node_transition_count", "revision", b"revision", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteTaskResponse: _TypeAlias = CompleteTaskResponse  # noqa: Y015
+
+@_typing.final
+class FailTaskRequest(_message.Message):
+    """FailTaskRequest settles a lease with failure."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    PERMANENT_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    """Id of the leased task."""
+    lease_token: _builtins.str
+    """The lease token from LeaseTasks."""
+    error: _builtins.str
+    """What went wrong; kept as the task's last error (at most 4096 characters are kept)."""
+    permanent: _builtins.bool
+    """True: do not retry, move the task to the dead-letter list now."""
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        lease_token: _builtins.str = ...,
+        error: _builtins.str = ...,
+        permanent: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "lease_token", b"lease_token", "permanent", b"permanent", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FailTaskRequest: _TypeAlias = FailTaskRequest  # noqa: Y015
+
+@_typing.final
+class FailTaskResponse(_message.Message):
+    """FailTaskResponse is the outcome of a failure."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_MS_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """Revision of the commit."""
+    next_attempt_ms: _builtins.int
+    """When the task is retried, epoch milliseconds; 0 when it is not."""
+    @_builtins.property
+    def task(self) -> Global___Task:
+        """The task: PENDING again (to be retried), DEAD_LETTER, or STALE when its node moved on."""
+
+    def __init__(
+        self,
+        *,
+        task: Global___Task | None = ...,
+        revision: _builtins.int = ...,
+        next_attempt_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_attempt_ms", b"next_attempt_ms", "revision", b"revision", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FailTaskResponse: _TypeAlias = FailTaskResponse  # noqa: Y015
+
+@_typing.final
+class ReleaseTaskRequest(_message.Message):
+    """ReleaseTaskRequest gives a lease back."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    """Id of the leased task."""
+    lease_token: _builtins.str
+    """The lease token from LeaseTasks."""
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        lease_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_token", b"lease_token", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseTaskRequest: _TypeAlias = ReleaseTaskRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseTaskResponse(_message.Message):
+    """ReleaseTaskResponse confirms a release."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseTaskResponse: _TypeAlias = ReleaseTaskResponse  # noqa: Y015
+
+@_typing.final
+class ListDeadLettersRequest(_message.Message):
+    """ListDeadLettersRequest pages through the dead-letter list."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DESTINATION_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    destination: _builtins.str
+    """Only tasks of this destination; empty lists all (timers have no destination)."""
+    page_size: _builtins.int
+    """Maximum number of tasks to return; 0 means the server default (100), capped at 1000."""
+    page_token: _builtins.str
+    """Token from a previous response; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        destination: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination", b"destination", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeadLettersRequest: _TypeAlias = ListDeadLettersRequest  # noqa: Y015
+
+@_typing.final
+class ListDeadLettersResponse(_message.Message):
+    """ListDeadLettersResponse is one page of dead-lettered tasks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASKS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty when this is the last page."""
+    @_builtins.property
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Task]:
+        """The tasks of this page, by destination then task id."""
+
+    def __init__(
+        self,
+        *,
+        tasks: _abc.Iterable[Global___Task] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "tasks", b"tasks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeadLettersResponse: _TypeAlias = ListDeadLettersResponse  # noqa: Y015
+
+@_typing.final
+class RetryDeadLetterRequest(_message.Message):
+    """RetryDeadLetterRequest names a dead-lettered task to retry."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    """Id of the task; it must be in the dead-letter list."""
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryDeadLetterRequest: _TypeAlias = RetryDeadLetterRequest  # noqa: Y015
+
+@_typing.final
+class RetryDeadLetterResponse(_message.Message):
+    """RetryDeadLetterResponse returns the task, pending again."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """Revision of the commit."""
+    @_builtins.property
+    def task(self) -> Global___Task:
+        """The task, now PENDING with no attempts."""
+
+    def __init__(
+        self,
+        *,
+        task: Global___Task | None = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revision", b"revision", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryDeadLetterResponse: _TypeAlias = RetryDeadLetterResponse  # noqa: Y015
+
+@_typing.final
+class DiscardDeadLetterRequest(_message.Message):
+    """DiscardDeadLetterRequest names a dead-lettered task to drop."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    """Id of the task; it must be in the dead-letter list."""
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiscardDeadLetterRequest: _TypeAlias = DiscardDeadLetterRequest  # noqa: Y015
+
+@_typing.final
+class DiscardDeadLetterResponse(_message.Message):
+    """DiscardDeadLetterResponse returns the dropped task."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """Revision of the commit."""
+    @_builtins.property
+    def task(self) -> Global___Task:
+        """The task, now DISCARDED."""
+
+    def __init__(
+        self,
+        *,
+        task: Global___Task | None = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revision", b"revision", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiscardDeadLetterResponse: _TypeAlias = DiscardDeadLetterResponse  # noqa: Y015

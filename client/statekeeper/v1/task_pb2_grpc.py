@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from statekeeper.v1 import task_pb2 as statekeeper_dot_v1_dot_task__pb2
 
 GRPC_GENERATED_VERSION = '1.75.0'
 GRPC_VERSION = grpc.__version__
@@ -22,3 +23,487 @@ if _version_not_supported:
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
+
+
+class TaskServiceStub(object):
+    """TaskService inspects tasks, leases outbound tasks to workers and takes their outcomes, and
+    manages the dead-letter list. Timers need no worker: the server fires them.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetTask = channel.unary_unary(
+                '/statekeeper.v1.TaskService/GetTask',
+                request_serializer=statekeeper_dot_v1_dot_task__pb2.GetTaskRequest.SerializeToString,
+                response_deserializer=statekeeper_dot_v1_dot_task__pb2.GetTaskResponse.FromString,
+                _registered_method=True)
+        self.ListTasks = channel.unary_unary(
+                '/statekeeper.v1.TaskService/ListTasks',
+                request_serializer=statekeeper_dot_v1_dot_task__pb2.ListTasksRequest.SerializeToString,
+                response_deserializer=statekeeper_dot_v1_dot_task__pb2.ListTasksResponse.FromString,
+                _registered_method=True)
+        self.LeaseTasks = channel.unary_stream(
+                '/statekeeper.v1.TaskService/LeaseTasks',
+                request_serializer=statekeeper_dot_v1_dot_task__pb2.LeaseTasksRequest.SerializeToString,
+                response_deserializer=statekeeper_dot_v1_dot_task__pb2.LeaseTasksResponse.FromString,
+                _registered_method=True)
+        self.HeartbeatTask = channel.unary_unary(
+                '/statekeeper.v1.TaskService/HeartbeatTask',
+                request_serializer=statekeeper_dot_v1_dot_task__pb2.HeartbeatTaskRequest.SerializeToString,
+                response_deserializer=statekeeper_dot_v1_dot_task__pb2.HeartbeatTaskResponse.FromString,
+                _registered_method=True)
+        self.CompleteTask = channel.unary_unary(
+                '/statekeeper.v1.TaskService/CompleteTask',
+                request_serializer=statekeeper_dot_v1_dot_task__pb2.CompleteTaskRequest.SerializeToString,
+                response_deserializer=statekeeper_dot_v1_dot_task__pb2.CompleteTaskResponse.FromString,
+                _registered_method=True)
+        self.FailTask = channel.unary_unary(
+                '/statekeeper.v1.TaskService/FailTask',
+                request_serializer=statekeeper_dot_v1_dot_task__pb2.FailTaskRequest.SerializeToString,
+                response_deserializer=statekeeper_dot_v1_dot_task__pb2.FailTaskResponse.FromString,
+                _registered_method=True)
+        self.ReleaseTask = channel.unary_unary(
+                '/statekeeper.v1.TaskService/ReleaseTask',
+                request_serializer=statekeeper_dot_v1_dot_task__pb2.ReleaseTaskRequest.SerializeToString,
+                response_deserializer=statekeeper_dot_v1_dot_task__pb2.ReleaseTaskResponse.FromString,
+                _registered_method=True)
+        self.ListDeadLetters = channel.unary_unary(
+                '/statekeeper.v1.TaskService/ListDeadLetters',
+                request_serializer=statekeeper_dot_v1_dot_task__pb2.ListDeadLettersRequest.SerializeToString,
+                response_deserializer=statekeeper_dot_v1_dot_task__pb2.ListDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.RetryDeadLetter = channel.unary_unary(
+                '/statekeeper.v1.TaskService/RetryDeadLetter',
+                request_serializer=statekeeper_dot_v1_dot_task__pb2.RetryDeadLetterRequest.SerializeToString,
+                response_deserializer=statekeeper_dot_v1_dot_task__pb2.RetryDeadLetterResponse.FromString,
+                _registered_method=True)
+        self.DiscardDeadLetter = channel.unary_unary(
+                '/statekeeper.v1.TaskService/DiscardDeadLetter',
+                request_serializer=statekeeper_dot_v1_dot_task__pb2.DiscardDeadLetterRequest.SerializeToString,
+                response_deserializer=statekeeper_dot_v1_dot_task__pb2.DiscardDeadLetterResponse.FromString,
+                _registered_method=True)
+
+
+class TaskServiceServicer(object):
+    """TaskService inspects tasks, leases outbound tasks to workers and takes their outcomes, and
+    manages the dead-letter list. Timers need no worker: the server fires them.
+    """
+
+    def GetTask(self, request, context):
+        """GetTask reads one task with its attempts, last error and current lease.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTasks(self, request, context):
+        """ListTasks lists the tasks of a node, of a tree (a node and its descendants), or the
+        pending tasks of an outbound destination.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeaseTasks(self, request, context):
+        """LeaseTasks streams outbound tasks of the given destinations to a worker as they become
+        available, each under a lease. It runs until the worker cancels it or the server shuts
+        down (then reconnect); leases outlive the stream until settled or expired.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def HeartbeatTask(self, request, context):
+        """HeartbeatTask extends a lease. FAILED_PRECONDITION (LEASE_NOT_HELD) when the lease expired
+        or was settled: the worker should stop working on the task.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteTask(self, request, context):
+        """CompleteTask settles a lease with success, optionally applying a transition (and new data)
+        to the task's node in the same commit. FAILED_PRECONDITION (STALE_REFERENCE) when the node
+        moved on since the task was emitted: nothing is applied and the task is dropped. Repeating
+        a completion with the same lease token returns the first outcome.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FailTask(self, request, context):
+        """FailTask settles a lease with failure: the task is retried after a backoff, or moved to the
+        dead-letter list after the configured number of attempts (or at once when permanent).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseTask(self, request, context):
+        """ReleaseTask gives a leased task back without an outcome (a worker stopping): it is
+        available again at once and the attempt does not count.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeadLetters(self, request, context):
+        """ListDeadLetters lists dead-lettered tasks, of one destination or all.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryDeadLetter(self, request, context):
+        """RetryDeadLetter puts a dead-lettered task back to pending with its attempts reset.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DiscardDeadLetter(self, request, context):
+        """DiscardDeadLetter drops a dead-lettered task for good (status DISCARDED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_TaskServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTask,
+                    request_deserializer=statekeeper_dot_v1_dot_task__pb2.GetTaskRequest.FromString,
+                    response_serializer=statekeeper_dot_v1_dot_task__pb2.GetTaskResponse.SerializeToString,
+            ),
+            'ListTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTasks,
+                    request_deserializer=statekeeper_dot_v1_dot_task__pb2.ListTasksRequest.FromString,
+                    response_serializer=statekeeper_dot_v1_dot_task__pb2.ListTasksResponse.SerializeToString,
+            ),
+            'LeaseTasks': grpc.unary_stream_rpc_method_handler(
+                    servicer.LeaseTasks,
+                    request_deserializer=statekeeper_dot_v1_dot_task__pb2.LeaseTasksRequest.FromString,
+                    response_serializer=statekeeper_dot_v1_dot_task__pb2.LeaseTasksResponse.SerializeToString,
+            ),
+            'HeartbeatTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.HeartbeatTask,
+                    request_deserializer=statekeeper_dot_v1_dot_task__pb2.HeartbeatTaskRequest.FromString,
+                    response_serializer=statekeeper_dot_v1_dot_task__pb2.HeartbeatTaskResponse.SerializeToString,
+            ),
+            'CompleteTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteTask,
+                    request_deserializer=statekeeper_dot_v1_dot_task__pb2.CompleteTaskRequest.FromString,
+                    response_serializer=statekeeper_dot_v1_dot_task__pb2.CompleteTaskResponse.SerializeToString,
+            ),
+            'FailTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.FailTask,
+                    request_deserializer=statekeeper_dot_v1_dot_task__pb2.FailTaskRequest.FromString,
+                    response_serializer=statekeeper_dot_v1_dot_task__pb2.FailTaskResponse.SerializeToString,
+            ),
+            'ReleaseTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseTask,
+                    request_deserializer=statekeeper_dot_v1_dot_task__pb2.ReleaseTaskRequest.FromString,
+                    response_serializer=statekeeper_dot_v1_dot_task__pb2.ReleaseTaskResponse.SerializeToString,
+            ),
+            'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeadLetters,
+                    request_deserializer=statekeeper_dot_v1_dot_task__pb2.ListDeadLettersRequest.FromString,
+                    response_serializer=statekeeper_dot_v1_dot_task__pb2.ListDeadLettersResponse.SerializeToString,
+            ),
+            'RetryDeadLetter': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryDeadLetter,
+                    request_deserializer=statekeeper_dot_v1_dot_task__pb2.RetryDeadLetterRequest.FromString,
+                    response_serializer=statekeeper_dot_v1_dot_task__pb2.RetryDeadLetterResponse.SerializeToString,
+            ),
+            'DiscardDeadLetter': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiscardDeadLetter,
+                    request_deserializer=statekeeper_dot_v1_dot_task__pb2.DiscardDeadLetterRequest.FromString,
+                    response_serializer=statekeeper_dot_v1_dot_task__pb2.DiscardDeadLetterResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'statekeeper.v1.TaskService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('statekeeper.v1.TaskService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class TaskService(object):
+    """TaskService inspects tasks, leases outbound tasks to workers and takes their outcomes, and
+    manages the dead-letter list. Timers need no worker: the server fires them.
+    """
+
+    @staticmethod
+    def GetTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/statekeeper.v1.TaskService/GetTask',
+            statekeeper_dot_v1_dot_task__pb2.GetTaskRequest.SerializeToString,
+            statekeeper_dot_v1_dot_task__pb2.GetTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/statekeeper.v1.TaskService/ListTasks',
+            statekeeper_dot_v1_dot_task__pb2.ListTasksRequest.SerializeToString,
+            statekeeper_dot_v1_dot_task__pb2.ListTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaseTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/statekeeper.v1.TaskService/LeaseTasks',
+            statekeeper_dot_v1_dot_task__pb2.LeaseTasksRequest.SerializeToString,
+            statekeeper_dot_v1_dot_task__pb2.LeaseTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HeartbeatTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/statekeeper.v1.TaskService/HeartbeatTask',
+            statekeeper_dot_v1_dot_task__pb2.HeartbeatTaskRequest.SerializeToString,
+            statekeeper_dot_v1_dot_task__pb2.HeartbeatTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/statekeeper.v1.TaskService/CompleteTask',
+            statekeeper_dot_v1_dot_task__pb2.CompleteTaskRequest.SerializeToString,
+            statekeeper_dot_v1_dot_task__pb2.CompleteTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FailTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/statekeeper.v1.TaskService/FailTask',
+            statekeeper_dot_v1_dot_task__pb2.FailTaskRequest.SerializeToString,
+            statekeeper_dot_v1_dot_task__pb2.FailTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/statekeeper.v1.TaskService/ReleaseTask',
+            statekeeper_dot_v1_dot_task__pb2.ReleaseTaskRequest.SerializeToString,
+            statekeeper_dot_v1_dot_task__pb2.ReleaseTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/statekeeper.v1.TaskService/ListDeadLetters',
+            statekeeper_dot_v1_dot_task__pb2.ListDeadLettersRequest.SerializeToString,
+            statekeeper_dot_v1_dot_task__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryDeadLetter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/statekeeper.v1.TaskService/RetryDeadLetter',
+            statekeeper_dot_v1_dot_task__pb2.RetryDeadLetterRequest.SerializeToString,
+            statekeeper_dot_v1_dot_task__pb2.RetryDeadLetterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiscardDeadLetter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/statekeeper.v1.TaskService/DiscardDeadLetter',
+            statekeeper_dot_v1_dot_task__pb2.DiscardDeadLetterRequest.SerializeToString,
+            statekeeper_dot_v1_dot_task__pb2.DiscardDeadLetterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -5,9 +5,16 @@ isort:skip_file
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from statekeeper.v1 import task_pb2 as _task_pb2
 import abc as _abc_1
 import grpc as _grpc
+import sys
 import typing as _typing
+
+if sys.version_info >= (3, 11):
+    from typing import Self as _Self
+else:
+    from typing_extensions import Self as _Self
 
 _T = _typing.TypeVar("_T")
 
@@ -18,3 +25,193 @@ class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ig
 
 GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
+
+class TaskServiceStub:
+    """TaskService inspects tasks, leases outbound tasks to workers and takes their outcomes, and
+    manages the dead-letter list. Timers need no worker: the server fires them.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> TaskServiceAsyncStub: ...
+    GetTask: _grpc.UnaryUnaryMultiCallable[_task_pb2.GetTaskRequest, _task_pb2.GetTaskResponse]
+    """GetTask reads one task with its attempts, last error and current lease."""
+    ListTasks: _grpc.UnaryUnaryMultiCallable[_task_pb2.ListTasksRequest, _task_pb2.ListTasksResponse]
+    """ListTasks lists the tasks of a node, of a tree (a node and its descendants), or the
+    pending tasks of an outbound destination.
+    """
+    LeaseTasks: _grpc.UnaryStreamMultiCallable[_task_pb2.LeaseTasksRequest, _task_pb2.LeaseTasksResponse]
+    """LeaseTasks streams outbound tasks of the given destinations to a worker as they become
+    available, each under a lease. It runs until the worker cancels it or the server shuts
+    down (then reconnect); leases outlive the stream until settled or expired.
+    """
+    HeartbeatTask: _grpc.UnaryUnaryMultiCallable[_task_pb2.HeartbeatTaskRequest, _task_pb2.HeartbeatTaskResponse]
+    """HeartbeatTask extends a lease. FAILED_PRECONDITION (LEASE_NOT_HELD) when the lease expired
+    or was settled: the worker should stop working on the task.
+    """
+    CompleteTask: _grpc.UnaryUnaryMultiCallable[_task_pb2.CompleteTaskRequest, _task_pb2.CompleteTaskResponse]
+    """CompleteTask settles a lease with success, optionally applying a transition (and new data)
+    to the task's node in the same commit. FAILED_PRECONDITION (STALE_REFERENCE) when the node
+    moved on since the task was emitted: nothing is applied and the task is dropped. Repeating
+    a completion with the same lease token returns the first outcome.
+    """
+    FailTask: _grpc.UnaryUnaryMultiCallable[_task_pb2.FailTaskRequest, _task_pb2.FailTaskResponse]
+    """FailTask settles a lease with failure: the task is retried after a backoff, or moved to the
+    dead-letter list after the configured number of attempts (or at once when permanent).
+    """
+    ReleaseTask: _grpc.UnaryUnaryMultiCallable[_task_pb2.ReleaseTaskRequest, _task_pb2.ReleaseTaskResponse]
+    """ReleaseTask gives a leased task back without an outcome (a worker stopping): it is
+    available again at once and the attempt does not count.
+    """
+    ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_task_pb2.ListDeadLettersRequest, _task_pb2.ListDeadLettersResponse]
+    """ListDeadLetters lists dead-lettered tasks, of one destination or all."""
+    RetryDeadLetter: _grpc.UnaryUnaryMultiCallable[_task_pb2.RetryDeadLetterRequest, _task_pb2.RetryDeadLetterResponse]
+    """RetryDeadLetter puts a dead-lettered task back to pending with its attempts reset."""
+    DiscardDeadLetter: _grpc.UnaryUnaryMultiCallable[_task_pb2.DiscardDeadLetterRequest, _task_pb2.DiscardDeadLetterResponse]
+    """DiscardDeadLetter drops a dead-lettered task for good (status DISCARDED)."""
+
+@_typing.type_check_only
+class TaskServiceAsyncStub(TaskServiceStub):
+    """TaskService inspects tasks, leases outbound tasks to workers and takes their outcomes, and
+    manages the dead-letter list. Timers need no worker: the server fires them.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    GetTask: _aio.UnaryUnaryMultiCallable[_task_pb2.GetTaskRequest, _task_pb2.GetTaskResponse]  # type: ignore[assignment]
+    """GetTask reads one task with its attempts, last error and current lease."""
+    ListTasks: _aio.UnaryUnaryMultiCallable[_task_pb2.ListTasksRequest, _task_pb2.ListTasksResponse]  # type: ignore[assignment]
+    """ListTasks lists the tasks of a node, of a tree (a node and its descendants), or the
+    pending tasks of an outbound destination.
+    """
+    LeaseTasks: _aio.UnaryStreamMultiCallable[_task_pb2.LeaseTasksRequest, _task_pb2.LeaseTasksResponse]  # type: ignore[assignment]
+    """LeaseTasks streams outbound tasks of the given destinations to a worker as they become
+    available, each under a lease. It runs until the worker cancels it or the server shuts
+    down (then reconnect); leases outlive the stream until settled or expired.
+    """
+    HeartbeatTask: _aio.UnaryUnaryMultiCallable[_task_pb2.HeartbeatTaskRequest, _task_pb2.HeartbeatTaskResponse]  # type: ignore[assignment]
+    """HeartbeatTask extends a lease. FAILED_PRECONDITION (LEASE_NOT_HELD) when the lease expired
+    or was settled: the worker should stop working on the task.
+    """
+    CompleteTask: _aio.UnaryUnaryMultiCallable[_task_pb2.CompleteTaskRequest, _task_pb2.CompleteTaskResponse]  # type: ignore[assignment]
+    """CompleteTask settles a lease with success, optionally applying a transition (and new data)
+    to the task's node in the same commit. FAILED_PRECONDITION (STALE_REFERENCE) when the node
+    moved on since the task was emitted: nothing is applied and the task is dropped. Repeating
+    a completion with the same lease token returns the first outcome.
+    """
+    FailTask: _aio.UnaryUnaryMultiCallable[_task_pb2.FailTaskRequest, _task_pb2.FailTaskResponse]  # type: ignore[assignment]
+    """FailTask settles a lease with failure: the task is retried after a backoff, or moved to the
+    dead-letter list after the configured number of attempts (or at once when permanent).
+    """
+    ReleaseTask: _aio.UnaryUnaryMultiCallable[_task_pb2.ReleaseTaskRequest, _task_pb2.ReleaseTaskResponse]  # type: ignore[assignment]
+    """ReleaseTask gives a leased task back without an outcome (a worker stopping): it is
+    available again at once and the attempt does not count.
+    """
+    ListDeadLetters: _aio.UnaryUnaryMultiCallable[_task_pb2.ListDeadLettersRequest, _task_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
+    """ListDeadLetters lists dead-lettered tasks, of one destination or all."""
+    RetryDeadLetter: _aio.UnaryUnaryMultiCallable[_task_pb2.RetryDeadLetterRequest, _task_pb2.RetryDeadLetterResponse]  # type: ignore[assignment]
+    """RetryDeadLetter puts a dead-lettered task back to pending with its attempts reset."""
+    DiscardDeadLetter: _aio.UnaryUnaryMultiCallable[_task_pb2.DiscardDeadLetterRequest, _task_pb2.DiscardDeadLetterResponse]  # type: ignore[assignment]
+    """DiscardDeadLetter drops a dead-lettered task for good (status DISCARDED)."""
+
+class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
+    """TaskService inspects tasks, leases outbound tasks to workers and takes their outcomes, and
+    manages the dead-letter list. Timers need no worker: the server fires them.
+    """
+
+    @_abc_1.abstractmethod
+    def GetTask(
+        self,
+        request: _task_pb2.GetTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_pb2.GetTaskResponse, _abc.Awaitable[_task_pb2.GetTaskResponse]]:
+        """GetTask reads one task with its attempts, last error and current lease."""
+
+    @_abc_1.abstractmethod
+    def ListTasks(
+        self,
+        request: _task_pb2.ListTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_pb2.ListTasksResponse, _abc.Awaitable[_task_pb2.ListTasksResponse]]:
+        """ListTasks lists the tasks of a node, of a tree (a node and its descendants), or the
+        pending tasks of an outbound destination.
+        """
+
+    @_abc_1.abstractmethod
+    def LeaseTasks(
+        self,
+        request: _task_pb2.LeaseTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_task_pb2.LeaseTasksResponse], _abc.AsyncIterator[_task_pb2.LeaseTasksResponse]]:
+        """LeaseTasks streams outbound tasks of the given destinations to a worker as they become
+        available, each under a lease. It runs until the worker cancels it or the server shuts
+        down (then reconnect); leases outlive the stream until settled or expired.
+        """
+
+    @_abc_1.abstractmethod
+    def HeartbeatTask(
+        self,
+        request: _task_pb2.HeartbeatTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_pb2.HeartbeatTaskResponse, _abc.Awaitable[_task_pb2.HeartbeatTaskResponse]]:
+        """HeartbeatTask extends a lease. FAILED_PRECONDITION (LEASE_NOT_HELD) when the lease expired
+        or was settled: the worker should stop working on the task.
+        """
+
+    @_abc_1.abstractmethod
+    def CompleteTask(
+        self,
+        request: _task_pb2.CompleteTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_pb2.CompleteTaskResponse, _abc.Awaitable[_task_pb2.CompleteTaskResponse]]:
+        """CompleteTask settles a lease with success, optionally applying a transition (and new data)
+        to the task's node in the same commit. FAILED_PRECONDITION (STALE_REFERENCE) when the node
+        moved on since the task was emitted: nothing is applied and the task is dropped. Repeating
+        a completion with the same lease token returns the first outcome.
+        """
+
+    @_abc_1.abstractmethod
+    def FailTask(
+        self,
+        request: _task_pb2.FailTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_pb2.FailTaskResponse, _abc.Awaitable[_task_pb2.FailTaskResponse]]:
+        """FailTask settles a lease with failure: the task is retried after a backoff, or moved to the
+        dead-letter list after the configured number of attempts (or at once when permanent).
+        """
+
+    @_abc_1.abstractmethod
+    def ReleaseTask(
+        self,
+        request: _task_pb2.ReleaseTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_pb2.ReleaseTaskResponse, _abc.Awaitable[_task_pb2.ReleaseTaskResponse]]:
+        """ReleaseTask gives a leased task back without an outcome (a worker stopping): it is
+        available again at once and the attempt does not count.
+        """
+
+    @_abc_1.abstractmethod
+    def ListDeadLetters(
+        self,
+        request: _task_pb2.ListDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_pb2.ListDeadLettersResponse, _abc.Awaitable[_task_pb2.ListDeadLettersResponse]]:
+        """ListDeadLetters lists dead-lettered tasks, of one destination or all."""
+
+    @_abc_1.abstractmethod
+    def RetryDeadLetter(
+        self,
+        request: _task_pb2.RetryDeadLetterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_pb2.RetryDeadLetterResponse, _abc.Awaitable[_task_pb2.RetryDeadLetterResponse]]:
+        """RetryDeadLetter puts a dead-lettered task back to pending with its attempts reset."""
+
+    @_abc_1.abstractmethod
+    def DiscardDeadLetter(
+        self,
+        request: _task_pb2.DiscardDeadLetterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_pb2.DiscardDeadLetterResponse, _abc.Awaitable[_task_pb2.DiscardDeadLetterResponse]]:
+        """DiscardDeadLetter drops a dead-lettered task for good (status DISCARDED)."""
+
+def add_TaskServiceServicer_to_server(servicer: TaskServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

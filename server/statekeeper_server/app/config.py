@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from statekeeper_server.domain.limits import Limits
+from statekeeper_server.domain.tasks import TaskSettings
 
 ENV_PREFIX = "STATEKEEPER_"
 
@@ -46,6 +47,25 @@ class Config:
     log_format: str = "auto"
     ready_file: str = ""
     failpoints: dict[str, str] = field(default_factory=dict)
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    tokens_file: str = ""
+    tokens: str = ""
+    metrics_listen: str = ""
+    event_retention_revisions: int = 1_000_000
+    event_retention_age_s: float = 0.0
+    event_retention_max_revisions: int = 0
+    event_compaction_interval_s: float = 30.0
+    task_max_attempts: int = 5
+    task_backoff_base_s: float = 1.0
+    task_backoff_max_s: float = 60.0
+    task_lease_s: float = 30.0
+    task_max_in_flight: int = 1_000
+    task_breaker_threshold: int = 5
+    task_breaker_cooldown_s: float = 30.0
+    savepoint_keep: int = 3
+    backup_dir: str = "./statekeeper-backups"
     limits: Limits = field(default_factory=Limits)
 
 
@@ -60,6 +80,25 @@ _HELP = {
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "log_format": "json, text, or auto (json unless stderr is a terminal)",
     "ready_file": "write a JSON file with the bound address once serving (for scripts and tests)",
+    "savepoint_keep": "complete savepoints kept per run when the run does not set keep_count (at least 1)",
+    "backup_dir": "folder that CreateBackup (statekeeper backup) writes backups into, one folder each",
+    "event_retention_revisions": "events of at least this many newest revisions are kept",
+    "event_retention_age_s": "events younger than this many seconds are kept too (0: no age rule)",
+    "event_retention_max_revisions": "hard cap: durable consumers cannot hold back more revisions than this (0: no cap)",
+    "event_compaction_interval_s": "seconds between event compaction runs",
+    "tls_cert_file": "PEM server certificate (chain); with --tls-key-file the server speaks TLS only",
+    "tls_key_file": "PEM private key of --tls-cert-file",
+    "tls_client_ca_file": "PEM CA bundle: require client certificates signed by it (mutual TLS)",
+    "tokens_file": "bearer tokens with permissions, JSON or 'TOKEN read|write|admin [NAME]' lines; no tokens: auth off",
+    "tokens": "bearer tokens inline, 'TOKEN PERMISSION[,PERMISSION] [NAME]' separated by ';' (prefer the env var)",
+    "metrics_listen": "serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one); empty: off",
+    "task_max_attempts": "attempts of an outbound task (failures and expired leases) before it is dead-lettered",
+    "task_backoff_base_s": "delay before an outbound task's first retry; doubles per attempt, with jitter",
+    "task_backoff_max_s": "longest delay between two attempts of an outbound task",
+    "task_lease_s": "default lease of an outbound task handed to a worker (heartbeats extend it)",
+    "task_max_in_flight": "most outbound tasks of one destination leased at once",
+    "task_breaker_threshold": "consecutive failures of a destination that open its circuit breaker (0: never)",
+    "task_breaker_cooldown_s": "seconds an open breaker hands out nothing before one probe task",
     "failpoints": "fault injection for tests: name=action[,name=action] (see docs/operations.md)",
 }
 
@@ -98,3 +137,21 @@ def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) 
         if getattr(limits, name) >= args["max_message_bytes"]:
             parser.error(f"--{name.replace('_', '-')} must be smaller than --max-message-bytes")
     return Config(**args, limits=limits)
+
+
+def _ms(seconds: float) -> int:
+    return max(0, int(seconds * 1000))
+
+
+def task_settings(config: Config) -> TaskSettings:
+    """The task executors' settings from the configuration (values made sane)."""
+    ms = _ms
+    return TaskSettings(
+        max_attempts=max(1, config.task_max_attempts),
+        backoff_base_ms=ms(config.task_backoff_base_s),
+        backoff_max_ms=ms(config.task_backoff_max_s),
+        lease_ms=max(1, ms(config.task_lease_s)),
+        max_in_flight=max(1, config.task_max_in_flight),
+        breaker_threshold=max(0, config.task_breaker_threshold),
+        breaker_cooldown_ms=ms(config.task_breaker_cooldown_s),
+    )

@@ -8,6 +8,7 @@ import sys
 
 from statekeeper_server.app import config as config_mod
 from statekeeper_server.app import logs
+from statekeeper_server.app.security import ConfigError
 from statekeeper_server.app.server import serve
 from statekeeper_server.storage.base import StoreError
 
@@ -17,6 +18,10 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(cfg.log_level, cfg.log_format)
     try:
         return asyncio.run(serve(cfg))
+    except ConfigError as e:
+        logging.getLogger("statekeeper").error("cannot start: %s", e)
+        print(f"statekeeper: cannot start: {e}", file=sys.stderr)
+        return 2
     except StoreError as e:
         logging.getLogger("statekeeper").error("cannot start: %s", e)
         print(f"statekeeper: cannot start: {e}", file=sys.stderr)

@@ -13,12 +13,24 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from statekeeper.v1 import machine_type_pb2, node_pb2
-from statekeeper_server.app.config import Config
+from statekeeper.v1 import admin_pb2, event_pb2, machine_type_pb2, node_pb2, savepoint_pb2, task_pb2
+from statekeeper_server.app import metrics, security
+from statekeeper_server.app.config import Config, task_settings
+from statekeeper_server.engine.consumers import ConsumerManager
 from statekeeper_server.engine.engine import Engine
-from statekeeper_server.service.handler import CallObserver, generic_handler
+from statekeeper_server.engine.events import EventHub
+from statekeeper_server.engine.retention import EventCompactor, RetentionPolicy
+from statekeeper_server.engine.savepoints import Runs
+from statekeeper_server.engine.tasks import TaskExecutors
+from statekeeper_server.engine.tree_snapshots import TreeSnapshots
+from statekeeper_server.service.admin import AdminServicer
+from statekeeper_server.service.auth import AuthInterceptor
+from statekeeper_server.service.events import EventServicer
+from statekeeper_server.service.handler import CallObserver, ConcurrencyLimit, generic_handler
 from statekeeper_server.service.machine_types import MachineTypeServicer
 from statekeeper_server.service.nodes import NodeServicer
+from statekeeper_server.service.savepoints import SavepointServicer
+from statekeeper_server.service.tasks import TaskServicer
 from statekeeper_server.storage.rocks import RocksStore
 
 log = logging.getLogger("statekeeper.server")
@@ -29,6 +41,10 @@ class StatekeeperServer:
 
     def __init__(self, config: Config, on_fatal: Callable[[BaseException], None] | None = None) -> None:
         self.config = config
+        # Read certificates and tokens first: a bad one stops the start before the store opens.
+        self.tokens = security.load_tokens(config)
+        self.credentials = security.server_credentials(config)
+        self.metrics_http: metrics.MetricsHTTP | None = None
         self.store = RocksStore(config.data_dir)
         self.engine = Engine(
             self.store,
@@ -39,15 +55,44 @@ class StatekeeperServer:
             on_fatal=on_fatal or (lambda e: None),
         )
         self.observers: list[CallObserver] = []
+        self.limit = ConcurrencyLimit(
+            config.max_concurrent_rpcs, float(config.failpoints.get("rpc.delay", 0) or 0)
+        )
         self.health = health_aio.HealthServicer()
         self.grpc_server: grpc.aio.Server | None = None
         self.port = 0
+        self.tasks = TaskExecutors(self.engine, task_settings(config))
         self.services = {
             machine_type_pb2.DESCRIPTOR.services_by_name["MachineTypeService"]: MachineTypeServicer(
                 self.engine
             ),
             node_pb2.DESCRIPTOR.services_by_name["NodeService"]: NodeServicer(self.engine),
+            task_pb2.DESCRIPTOR.services_by_name["TaskService"]: TaskServicer(self.engine, self.tasks),
+            savepoint_pb2.DESCRIPTOR.services_by_name["SavepointService"]: SavepointServicer(
+                self.engine, Runs(self.engine, config.savepoint_keep), TreeSnapshots(self.engine)
+            ),
+            admin_pb2.DESCRIPTOR.services_by_name["AdminService"]: AdminServicer(
+                self.engine, config.backup_dir
+            ),
         }
+        # The event stream: the hub learns of every durable commit; consumers persist positions.
+        self.events = EventHub(self.store, self.engine.durable_revision)
+        self.engine.durable_listeners.append(self.events.on_durable)
+        self.consumers = ConsumerManager(self.store, self.events, self.engine.write_unversioned)
+        self.compactor = EventCompactor(
+            self.store,
+            self.events,
+            self.consumers,
+            RetentionPolicy(
+                config.event_retention_revisions,
+                config.event_retention_age_s,
+                config.event_retention_max_revisions,
+                config.event_compaction_interval_s,
+            ),
+        )
+        self.services[event_pb2.DESCRIPTOR.services_by_name["EventService"]] = EventServicer(
+            self.engine, self.events, self.consumers
+        )
 
     @property
     def address(self) -> str:
@@ -62,11 +107,15 @@ class StatekeeperServer:
                 ("grpc.max_send_message_length", cfg.max_message_bytes),
                 ("grpc.so_reuseport", 0),
             ],
-            maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
+            # Not grpc's maximum_concurrent_rpcs: its bound drifts up with every refusal; the
+            # handlers count calls themselves (service/handler.py ConcurrencyLimit).
+            maximum_concurrent_rpcs=None,
+            # No tokens configured: no interceptor at all (auth off, nothing on the hot path).
+            interceptors=[AuthInterceptor(self.tokens, self.observers)] if len(self.tokens) else None,
         )
         server.add_generic_rpc_handlers(
             [
-                generic_handler(descriptor, servicer, self.observers)
+                generic_handler(descriptor, servicer, self.observers, self.limit)
                 for descriptor, servicer in self.services.items()
             ]
         )
@@ -75,10 +124,24 @@ class StatekeeperServer:
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         ]
         reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
-        self.port = server.add_insecure_port(cfg.listen)
+        if self.credentials is not None:
+            try:
+                self.port = server.add_secure_port(cfg.listen, self.credentials)
+            except RuntimeError:
+                raise OSError(
+                    f"cannot listen on {cfg.listen} with TLS: the address is in use, or the "
+                    "certificate and key are not a valid pair"
+                ) from None
+        else:
+            self.port = server.add_insecure_port(cfg.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {cfg.listen}")
+        if cfg.metrics_listen:
+            metrics.instrument(self)
+            self.metrics_http = metrics.MetricsHTTP(cfg.metrics_listen)
         await self.engine.start()
+        self.tasks.start()
+        self.compactor.start()
         await server.start()
         self.grpc_server = server
         for name in ["", *names]:
@@ -90,20 +153,37 @@ class StatekeeperServer:
             "on" if cfg.fsync else "OFF",
             self.engine.durable_revision,
         )
+        self._log_security()
         if cfg.ready_file:
             tmp = cfg.ready_file + ".tmp"
             with open(tmp, "w") as f:
-                json.dump({"address": self.address, "pid": os.getpid()}, f)
+                extra = {"metrics_address": self.metrics_http.address} if self.metrics_http else {}
+                json.dump({"address": self.address, "pid": os.getpid(), **extra}, f)
             os.replace(tmp, cfg.ready_file)
+
+    def _log_security(self) -> None:
+        cfg = self.config
+        tls = "off" if self.credentials is None else ("mutual" if cfg.tls_client_ca_file else "on")
+        if len(self.tokens):
+            grants = ", ".join(f"{g.name}={g.permission.label}" for g in self.tokens.grants())
+            log.info("TLS %s; bearer tokens required (%s)", tls, grants)
+            if self.credentials is None and not security.is_loopback(cfg.listen):
+                log.warning("tokens are sent in clear text: configure TLS (--tls-cert-file, --tls-key-file)")
+        else:
+            log.info("TLS %s; authentication off (no tokens configured)", tls)
 
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let in-flight ones finish, write what is queued, close the store."""
         grace = self.config.shutdown_grace_s if grace is None else grace
         await self.health.enter_graceful_shutdown()
+        await self.tasks.stop()  # ends workers' lease streams, so they do not hold up the grace
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace)
+        self.compactor.stop()
         await self.engine.close()
         self.store.close()
+        if self.metrics_http is not None:
+            await asyncio.to_thread(self.metrics_http.close)
         log.info("stopped; store closed at revision %d", self.engine.durable_revision)
 
     async def wait(self) -> None:

@@ -46,6 +46,14 @@ class OutOfRange(DomainError):
     """A position (revision, page token) lies outside what is available."""
 
 
+class Unauthenticated(DomainError):
+    """The call carries no valid credentials (no bearer token, or an unknown one)."""
+
+
+class PermissionDenied(DomainError):
+    """The credentials are valid but lack the permission the call needs."""
+
+
 class BatchOperationFailed(DomainError):
     """One operation of a batch failed: wraps its error and says which operation it was."""
 

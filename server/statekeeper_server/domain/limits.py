@@ -22,3 +22,5 @@ class Limits:
     max_page_size: int = 1_000
     default_page_size: int = 100
     max_deleted_nodes: int = 100_000
+    max_state_bytes: int = 1024 * 1024
+    max_run_entities: int = 100_000

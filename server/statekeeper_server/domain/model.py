@@ -46,6 +46,7 @@ class TaskStatus(enum.IntEnum):
     COMPLETED = 3
     STALE = 4
     DEAD_LETTER = 5
+    DISCARDED = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +154,9 @@ class TaskRecord:
     payload: bytes = b""
     attempts: int = 0
     last_error: str = ""
+    # Outbound: epoch ms from which the task may be handed out (its commit time, or after a
+    # failed attempt the end of its backoff); the outbound queue is ordered by it.
+    available_ms: int = 0
 
 
 class EventKind(enum.IntEnum):
@@ -168,6 +172,14 @@ class EventKind(enum.IntEnum):
     TASK_DEAD_LETTERED = 10
     TASK_STALE = 11
     SAVEPOINT_COMPLETED = 12
+    # savepoints (issue 5): runs, entity saves, tree snapshots
+    RUN_INITIALISED = 13
+    ENTITY_SAVED = 14
+    RUN_DELETED = 15
+    RUN_UPGRADED = 16
+    TREE_SNAPSHOT_CREATED = 17
+    TREE_RESTORED = 18
+    TREE_SNAPSHOT_DELETED = 19
 
 
 @dataclass(slots=True)

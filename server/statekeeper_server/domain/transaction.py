@@ -93,6 +93,9 @@ class Transaction:
         # Shared with the enclosing commit when other changes (tasks, savepoints) join it.
         self.events: list[Event] = [] if events is None else events
         self._deleted: set[NodeAddress] = set()
+        # What each written node was before this transaction (for index maintenance); a missing
+        # entry means "not read here": look it up in the view.
+        self.before: dict[NodeAddress, NodeRecord | None] = {}
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -100,6 +103,11 @@ class Transaction:
         if address in self.nodes:
             return self.nodes[address]
         return self.view.get_node(address)
+
+    def _put(self, address: NodeAddress, record: NodeRecord | None, before: NodeRecord | None) -> None:
+        if address not in self.nodes:
+            self.before[address] = before
+        self.nodes[address] = record
 
     def _require(self, address: NodeAddress) -> NodeRecord:
         record = self.get(address)
@@ -170,7 +178,7 @@ class Transaction:
             terminal=mt.is_terminal(mt.initial_state),
             child_counts={},
         )
-        self.nodes[address] = record
+        self._put(address, record, None)
         self._event(EventKind.NODE_CREATED, address, node_type=mt.name, to_state=mt.initial_state)
         return NodeSnapshot(address, record)
 
@@ -205,7 +213,7 @@ class Transaction:
         snapshot = self._new_node(parent.child(key), key[0], type_version, data, content_type, "")
         updated = parent_record.copy()
         updated.child_counts[key[0]] = count + 1
-        self.nodes[parent] = updated
+        self._put(parent, updated, parent_record)
         return snapshot
 
     def apply_transition(
@@ -261,7 +269,7 @@ class Transaction:
         if data is not None:
             updated.data = data
             updated.content_type = content_type
-        self.nodes[address] = updated
+        self._put(address, updated, record)
         self._event(
             EventKind.NODE_TRANSITIONED,
             address,
@@ -296,6 +304,8 @@ class Transaction:
             else:
                 task.destination = task_def.destination
                 task.payload = given.payload if given and given.payload else task_def.payload
+                # Queued by availability time: new tasks and retries take turns in time order.
+                task.available_ms = self.now_ms
             self.tasks.append(task)
             emitted.append(task)
             self._event(
@@ -306,6 +316,15 @@ class Transaction:
     def _task_inputs(
         self, defs: Sequence[TaskDefinition], given: Sequence[TaskInput]
     ) -> dict[str, TaskInput]:
+        if not given:  # the common case: only a timer needing a deadline from the request fails
+            for d in defs:
+                if d.deadline_from_request:
+                    raise InvalidArgument(
+                        "FIELD_REQUIRED",
+                        f"timer {d.name!r} takes its deadline from the request: give task_inputs with deadline_ms",
+                        field="task_inputs",
+                    )
+            return {}
         by_name = {d.name: d for d in defs}
         out: dict[str, TaskInput] = {}
         for i, ti in enumerate(given):
@@ -357,7 +376,10 @@ class Transaction:
                 limit="max_deleted_nodes",
             )
         for a in doomed:
-            self.nodes[a] = None
+            if a == address:
+                self._put(a, None, record)
+            else:
+                self.nodes[a] = None  # before: looked up when the index is updated
             self._deleted.add(a)
         parent = address.parent()
         if parent is not None:
@@ -368,7 +390,7 @@ class Transaction:
                 updated.child_counts[record.type] = remaining
             else:
                 updated.child_counts.pop(record.type, None)
-            self.nodes[parent] = updated
+            self._put(parent, updated, parent_record)
         self._event(
             EventKind.NODE_DELETED,
             address,

@@ -14,7 +14,15 @@ _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+# Names (types, states, transitions) are few and checked on every operation: remember the ones
+# that matched _NAME. Bounded: past _MAX_KNOWN_NAMES, new names are simply checked each time.
+_known_names: set[str] = set()
+_MAX_KNOWN_NAMES = 4096
+
+
 def check_name(value: str, field: str, limits: Limits) -> None:
+    if value in _known_names and len(value) <= limits.max_name_length:
+        return
     if not value:
         raise InvalidArgument("FIELD_REQUIRED", f"{field} must not be empty", field=field)
     if len(value) > limits.max_name_length:
@@ -30,9 +38,14 @@ def check_name(value: str, field: str, limits: Limits) -> None:
             f"{field} {value!r} must start with a letter and hold only letters, digits, '_', '-' and '.'",
             field=field,
         )
+    if len(_known_names) < _MAX_KNOWN_NAMES:
+        _known_names.add(value)
 
 
 def check_id(value: str, field: str, limits: Limits) -> None:
+    # Fast path: a printable string has no control characters.
+    if value and len(value) <= limits.max_id_length and value.isprintable():
+        return
     if not value:
         raise InvalidArgument("FIELD_REQUIRED", f"{field} must not be empty", field=field)
     if len(value) > limits.max_id_length:

@@ -141,7 +141,7 @@ class Committer:
                 self._reset(group, e)
                 self._on_fatal(e)
                 return
-            self.durable_revision = group[-1].revision
+            self.durable_revision = max(self.durable_revision, *(c.revision for c in group))
             self._on_durable(group)
             for commit in group:
                 if not commit.future.done():
@@ -169,7 +169,9 @@ class Committer:
                     delete(keyspace, key)
                 else:
                     put(keyspace, key, value)
-        put(Keyspace.META, keys.META_REVISION, keys.u64(group[-1].revision))
+        top = max(c.revision for c in group)
+        if top:  # a group of housekeeping writes only (revision 0) leaves the revision alone
+            put(Keyspace.META, keys.META_REVISION, keys.u64(top))
         if self._failpoints.get("commit.fsync") == "error":
             raise OSError(5, "failpoint commit.fsync: fsync failed")
         started = time.perf_counter()

@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar
 
 from statekeeper_server.domain.errors import DomainError, InvalidArgument, Unavailable
 from statekeeper_server.domain.limits import Limits
-from statekeeper_server.domain.model import Event, EventKind, MachineType, NodeAddress
+from statekeeper_server.domain.model import Event, EventKind, MachineType, NodeAddress, NodeRecord
 from statekeeper_server.domain.transaction import Transaction
 from statekeeper_server.engine.catalog import TypeCatalog
 from statekeeper_server.engine.committer import Committer, Mutation, PendingCommit
@@ -176,6 +176,15 @@ class Engine:
                     del self._pending_requests[request_id]
         return response
 
+    async def write_unversioned(self, mutations: list[Mutation]) -> None:
+        """Durably write bookkeeping that is not a change of state (e.g. a consumer's
+        acknowledgements): no revision, no event, same group commit and fsync."""
+        if self.committer.failed is not None:
+            raise Unavailable("STORE_FAILED", "the store failed and the server is stopping")
+        commit = PendingCommit(0, mutations, [], [])
+        self.committer.enqueue(commit)
+        await asyncio.shield(commit.future)
+
     async def _replay(self, request_id: str, fingerprint: bytes) -> bytes | None:
         pending = self._pending_requests.get(request_id)
         if pending is not None:
@@ -203,7 +212,7 @@ class Engine:
 
     def _on_durable(self, group: list[PendingCommit]) -> None:
         pending = self.pending
-        last = group[-1].revision
+        last = self.committer.durable_revision
         for commit in group:
             pending.release(
                 commit.node_keys, ((mt.name, mt.version) for mt in commit.new_types), commit.raw_keys, last
@@ -246,6 +255,22 @@ class Engine:
         if swept:
             self.store.write(batch, sync=False)
         return swept
+
+
+def _index_mutations(
+    out: list[Mutation], node: bytes, old: NodeRecord | None, new: NodeRecord | None
+) -> None:
+    """Keep the (type, active/terminal, state) index of a node in step with its record."""
+    if (
+        old is not None
+        and new is not None
+        and (old.type, old.state, old.terminal) == (new.type, new.state, new.terminal)
+    ):
+        return
+    if old is not None:
+        out.append((Keyspace.NODE_INDEX, keys.node_index_key(old.type, old.terminal, old.state, node), None))
+    if new is not None:
+        out.append((Keyspace.NODE_INDEX, keys.node_index_key(new.type, new.terminal, new.state, node), b""))
 
 
 class Commit:
@@ -300,12 +325,16 @@ class Commit:
         new_types: list[MachineType] = []
         txn = self._txn
         if txn is not None:
+            before = txn.before
+            view = engine.write_view
             for address, record in txn.nodes.items():
                 key = keys.node_key(address)
                 node_keys.append(key)
                 mutations.append(
                     (Keyspace.NODES, key, codec.encode_node(record) if record is not None else None)
                 )
+                old = before[address] if address in before else view.get_node(address)
+                _index_mutations(mutations, key, old, record)
             for task in txn.tasks:
                 tkey = keys.task_key(task.task_id)
                 assert tkey is not None

@@ -98,3 +98,36 @@ class ReadView:
         key = keys.task_key(task_id)
         raw = self._store.get(Keyspace.TASKS, key) if key is not None else None
         return codec.decode_task(raw) if raw is not None else None
+
+    def list_nodes(
+        self, type_name: str, terminal: bool | None, state: str | None, cursor: bytes | None, limit: int
+    ) -> list[tuple[bytes, NodeAddress, NodeRecord]]:
+        """Nodes of a type from the (type, active/terminal, state) index, as (cursor, address,
+        record), in index order. Pass the last cursor back to continue."""
+        flags = [terminal] if terminal is not None else [False, True]
+        if state is None:
+            prefixes = (
+                [keys.node_index_prefix(type_name, terminal)]
+                if terminal is not None
+                else [keys.node_index_prefix(type_name)]
+            )
+        else:
+            prefixes = [keys.node_index_prefix(type_name, flag, state) for flag in flags]
+        if cursor is not None and not any(cursor.startswith(p) for p in prefixes):
+            raise InvalidArgument(
+                "INVALID_PAGE_TOKEN", "page_token belongs to another listing", field="page_token"
+            )
+        out: list[tuple[bytes, NodeAddress, NodeRecord]] = []
+        skip = len(keys.node_index_prefix(type_name)) + 1  # type \x00 and the A/T flag
+        for prefix in prefixes:
+            start = prefix if cursor is None or cursor < prefix else cursor + b"\x00"
+            end = prefix[:-1] + bytes([prefix[-1] + 1])
+            for k, _ in self._store.scan(Keyspace.NODE_INDEX, start, end):
+                node_key = k[skip:].split(b"\x00", 1)[1]
+                raw = self._store.get(Keyspace.NODES, node_key)
+                if raw is None:  # cannot happen: index and node are written in one batch
+                    continue
+                out.append((k, keys.node_address(node_key), codec.decode_node(raw)))
+                if len(out) >= limit:
+                    return out
+        return out

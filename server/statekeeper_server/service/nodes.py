@@ -42,13 +42,21 @@ _CODECS: dict[type[Any], ResponseCodec[Any]] = {
 }
 
 
-# Each operation is a pair: apply it to a transaction, and build its response from the outcome.
+# Each operation is a pair: apply it to a transaction, and fill its (empty) response message
+# from the outcome. Responses are filled in place: in a batch, straight into the result list.
 def _create_root(txn: Transaction, r: pb.CreateRootRequest) -> NodeSnapshot:
     return txn.create_root(r.type, r.id, r.data.value, r.data.content_type, r.type_version)
 
 
+def _fill_created(out: Any, s: NodeSnapshot, revision: int) -> None:
+    convert.fill_node(out.node, s.address, s.record)
+    out.revision = revision
+
+
 def _create_root_response(s: NodeSnapshot, revision: int) -> pb.CreateRootResponse:
-    return pb.CreateRootResponse(node=convert.snapshot(s), revision=revision)
+    out = pb.CreateRootResponse()
+    _fill_created(out, s, revision)
+    return out
 
 
 def _add_child(txn: Transaction, r: pb.AddChildRequest) -> NodeSnapshot:
@@ -60,42 +68,57 @@ def _add_child(txn: Transaction, r: pb.AddChildRequest) -> NodeSnapshot:
 
 
 def _add_child_response(s: NodeSnapshot, revision: int) -> pb.AddChildResponse:
-    return pb.AddChildResponse(node=convert.snapshot(s), revision=revision)
+    out = pb.AddChildResponse()
+    _fill_created(out, s, revision)
+    return out
 
 
 def _apply_transition(txn: Transaction, r: pb.ApplyTransitionRequest) -> TransitionOutcome:
+    data = r.data if r.HasField("data") else None
     return txn.apply_transition(
         convert.address(r.node),
         r.transition,
-        r.data.value if r.HasField("data") else None,
-        r.data.content_type,
+        data.value if data is not None else None,
+        data.content_type if data is not None else "",
         r.expected_transition_count if r.HasField("expected_transition_count") else None,
         convert.task_inputs(r.task_inputs),
     )
 
 
+def _fill_transition(out: pb.ApplyTransitionResponse, o: TransitionOutcome, revision: int) -> None:
+    convert.fill_node(out.node, o.node.address, o.node.record)
+    out.revision = revision
+    out.from_state = o.from_state
+    if o.tasks:
+        out.tasks.extend([convert.task(t) for t in o.tasks])
+
+
 def _transition_response(o: TransitionOutcome, revision: int) -> pb.ApplyTransitionResponse:
-    return pb.ApplyTransitionResponse(
-        node=convert.snapshot(o.node),
-        revision=revision,
-        from_state=o.from_state,
-        tasks=[convert.task(t) for t in o.tasks],
-    )
+    out = pb.ApplyTransitionResponse()
+    _fill_transition(out, o, revision)
+    return out
 
 
 def _delete_node(txn: Transaction, r: pb.DeleteNodeRequest) -> DeleteOutcome:
     return txn.delete(convert.address(r.node))
 
 
+def _fill_delete(out: pb.DeleteNodeResponse, o: DeleteOutcome, revision: int) -> None:
+    out.revision = revision
+    out.deleted_count = o.deleted_count
+
+
 def _delete_response(o: DeleteOutcome, revision: int) -> pb.DeleteNodeResponse:
-    return pb.DeleteNodeResponse(revision=revision, deleted_count=o.deleted_count)
+    out = pb.DeleteNodeResponse()
+    _fill_delete(out, o, revision)
+    return out
 
 
-_BATCH_OPS: dict[str, tuple[Callable[[Transaction, Any], Any], Callable[[Any, int], Any]]] = {
-    "create_root": (_create_root, _create_root_response),
-    "add_child": (_add_child, _add_child_response),
-    "apply_transition": (_apply_transition, _transition_response),
-    "delete_node": (_delete_node, _delete_response),
+_BATCH_OPS: dict[str, tuple[Callable[[Transaction, Any], Any], Callable[[Any, Any, int], None]]] = {
+    "create_root": (_create_root, _fill_created),
+    "add_child": (_add_child, _fill_created),
+    "apply_transition": (_apply_transition, _fill_transition),
+    "delete_node": (_delete_node, _fill_delete),
 }
 
 
@@ -165,16 +188,22 @@ class NodeServicer:
 
         def apply(txn: Transaction, _: Any) -> list[tuple[str, Any]]:
             outcomes: list[tuple[str, Any]] = []
+            append = outcomes.append
             for i, (which, op) in enumerate(steps):
                 try:
-                    outcomes.append((which, _BATCH_OPS[which][0](txn, op)))
+                    append((which, _BATCH_OPS[which][0](txn, op)))
                 except DomainError as e:
                     raise BatchOperationFailed(i, e) from e
             return outcomes
 
         def respond(outcomes: list[tuple[str, Any]], revision: int) -> pb.ExecuteBatchResponse:
-            results = [pb.BatchResult(**{which: _BATCH_OPS[which][1](o, revision)}) for which, o in outcomes]
-            return pb.ExecuteBatchResponse(revision=revision, results=results)
+            response = pb.ExecuteBatchResponse(revision=revision)
+            add = response.results.add
+            for which, outcome in outcomes:
+                result = getattr(add(), which)
+                result.SetInParent()
+                _BATCH_OPS[which][1](result, outcome, revision)
+            return response
 
         return await self._write("ExecuteBatch", request, apply, respond, pb.ExecuteBatchResponse)
 
@@ -219,5 +248,33 @@ class NodeServicer:
         found = found[:limit]
         next_token = convert.encode_token(found[-1][0]) if more else ""
         return pb.WalkTreeResponse(
+            nodes=[convert.node(a, r) for _, a, r in found], next_page_token=next_token
+        )
+
+    async def ListNodes(self, request: pb.ListNodesRequest, context: Context) -> pb.ListNodesResponse:
+        check_name(request.machine_type, "machine_type", self.limits)
+        if request.state:
+            check_name(request.state, "state", self.limits)
+        terminal = {
+            pb.NODE_STATUS_FILTER_UNSPECIFIED: None,
+            pb.NODE_STATUS_FILTER_ACTIVE: False,
+            pb.NODE_STATUS_FILTER_TERMINAL: True,
+        }.get(request.status, "bad")
+        if terminal == "bad":
+            raise InvalidArgument(
+                "FIELD_INVALID", f"status {request.status} is not a NodeStatusFilter", field="status"
+            )
+        limit = check_page_size(request.page_size, self.limits)
+        found = self.engine.reads.list_nodes(
+            request.machine_type,
+            terminal,  # type: ignore[arg-type]
+            request.state or None,
+            convert.decode_token(request.page_token),
+            limit + 1,
+        )
+        more = len(found) > limit
+        found = found[:limit]
+        next_token = convert.encode_token(found[-1][0]) if more else ""
+        return pb.ListNodesResponse(
             nodes=[convert.node(a, r) for _, a, r in found], next_page_token=next_token
         )

@@ -31,12 +31,22 @@ class Keyspace(enum.Enum):
     RUNS = "runs"
     SAVEPOINTS = "savepoints"
     TREE_SNAPSHOTS = "tree_snapshots"
+    # savepoints (storage/keys.py, "savepoints" section): entity progress, pending contributions,
+    # the states of complete savepoints, the nodes and tasks of tree snapshots
+    RUN_ENTITIES = "run_entities"
+    SAVEPOINT_PARTS = "savepoint_parts"
+    SAVEPOINT_STATES = "savepoint_states"
+    TREE_SNAPSHOT_ITEMS = "tree_snapshot_items"
 
 
 class WriteBatch(Protocol):
     def put(self, keyspace: Keyspace, key: bytes, value: bytes) -> None: ...
 
     def delete(self, keyspace: Keyspace, key: bytes) -> None: ...
+
+    def delete_range(self, keyspace: Keyspace, start: bytes, end: bytes) -> None:
+        """Delete every key in [start, end)."""
+        ...
 
     def __len__(self) -> int: ...
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import msgpack
 
+from statekeeper_server.domain.events import EventFilter
 from statekeeper_server.domain.model import (
     Event,
     EventKind,
@@ -21,6 +22,7 @@ from statekeeper_server.domain.model import (
     TaskStatus,
     TransitionDefinition,
 )
+from statekeeper_server.domain.savepoints import EntityProgress, RunHeader, SavepointInfo, TreeSnapshotInfo
 
 _V1 = 1
 _packb = msgpack.Packer(use_bin_type=True).pack
@@ -130,6 +132,7 @@ def encode_task(t: TaskRecord) -> bytes:
             t.payload,
             t.attempts,
             t.last_error,
+            t.available_ms,
         ]
     )
 
@@ -152,6 +155,7 @@ def decode_task(raw: bytes) -> TaskRecord:
         f[14],
         f[15],
         f[16],
+        f[17] if len(f) > 17 else 0,
     )
 
 
@@ -188,3 +192,123 @@ def encode_request(fingerprint: bytes, response: bytes, expires_ms: int, revisio
 def decode_request(raw: bytes) -> tuple[bytes, bytes, int, int]:
     f = _unpackb(raw)
     return f[1], f[2], f[3], f[4]
+
+
+# -- events -----------------------------------------------------------------------------------
+
+
+def encode_consumer(
+    name: str,
+    event_filter: EventFilter,
+    ack_wait_ms: int,
+    max_unacked: int,
+    floor: tuple[int, int],
+    acked_above: set[tuple[int, int]],
+    create_revision: int,
+) -> bytes:
+    f = event_filter
+    return _packb(
+        [
+            _V1,
+            name,
+            [
+                f.root_id,
+                [list(k) for k in f.path_prefix],
+                sorted(f.machine_types),
+                sorted(int(k) for k in f.kinds),
+            ],
+            ack_wait_ms,
+            max_unacked,
+            list(floor),
+            sorted([list(p) for p in acked_above]),
+            create_revision,
+        ]
+    )
+
+
+def decode_consumer(
+    raw: bytes,
+) -> tuple[str, EventFilter, int, int, tuple[int, int], set[tuple[int, int]], int]:
+    f = _unpackb(raw)
+    root_id, path, types, kinds = f[2]
+    event_filter = EventFilter(
+        root_id, tuple((t, i) for t, i in path), frozenset(types), frozenset(EventKind(k) for k in kinds)
+    )
+    return f[1], event_filter, f[3], f[4], (f[5][0], f[5][1]), {(r, i) for r, i in f[6]}, f[7]
+
+
+# -- savepoints ---------------------------------------------------------------------------------
+# Entity states (SAVEPOINT_PARTS, SAVEPOINT_STATES) are stored as the raw bytes the client gave;
+# the records below are msgpack like the others.
+
+
+def encode_run(h: RunHeader) -> bytes:
+    return _packb(
+        [
+            _V1,
+            h.run_id,
+            h.start_ms,
+            h.schedule_ms,
+            h.schema_version,
+            h.keep,
+            h.entity_count,
+            h.create_revision,
+            h.create_time_ms,
+            h.frontier,
+            h.filled,
+            h.savepoints,
+        ]
+    )
+
+
+def decode_run(raw: bytes) -> RunHeader:
+    f = _unpackb(raw)
+    return RunHeader(f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], dict(f[10]), list(f[11]))
+
+
+def encode_entity_ids(ids: list[str]) -> bytes:
+    return _packb([_V1, ids])
+
+
+def decode_entity_ids(raw: bytes) -> list[str]:
+    return list(_unpackb(raw)[1])
+
+
+def encode_entity_progress(e: EntityProgress) -> bytes:
+    return _packb([_V1, e.filled_through, e.segments])
+
+
+def decode_entity_progress(raw: bytes) -> EntityProgress:
+    f = _unpackb(raw)
+    return EntityProgress(f[1], list(f[2]))
+
+
+def encode_savepoint(s: SavepointInfo) -> bytes:
+    return _packb(
+        [
+            _V1,
+            s.timestamp,
+            s.schema_version,
+            s.entity_count,
+            s.checksum,
+            s.revision,
+            s.create_time_ms,
+            s.size_bytes,
+        ]
+    )
+
+
+def decode_savepoint(raw: bytes) -> SavepointInfo:
+    f = _unpackb(raw)
+    return SavepointInfo(f[1], f[2], f[3], f[4], f[5], f[6], f[7])
+
+
+def encode_tree_snapshot(s: TreeSnapshotInfo) -> bytes:
+    return _packb(
+        [_V1, s.root_id, s.name, s.revision, s.create_revision, s.create_time_ms, s.node_count, s.task_count]
+    )
+
+
+def decode_tree_snapshot(raw: bytes) -> TreeSnapshotInfo:
+    f = _unpackb(raw)
+    return TreeSnapshotInfo(f[1], f[2], f[3], f[4], f[5], f[6], f[7])

@@ -35,10 +35,11 @@ def read_u64(b: bytes) -> int:
 
 
 def node_key(address: NodeAddress) -> bytes:
-    parts = [address.root_id.encode(), b"\x00"]
-    for type_name, node_id in address.path:
-        parts += (b"\x01", type_name.encode(), b"\x00", node_id.encode(), b"\x00")
-    return b"".join(parts)
+    # One encode of the joined text: UTF-8 of a concatenation is the concatenation of the parts.
+    path = address.path
+    if not path:
+        return (address.root_id + "\x00").encode()
+    return "".join([address.root_id, "\x00", *[f"\x01{t}\x00{i}\x00" for t, i in path]]).encode()
 
 
 def collection_prefix(parent: NodeAddress, type_name: str) -> bytes:
@@ -87,3 +88,70 @@ def task_key(task_id: str) -> bytes | None:
 
 def expiry_key(expires_ms: int, request_id: str) -> bytes:
     return u64(expires_ms) + request_id.encode()
+
+
+def node_index_prefix(type_name: str, terminal: bool | None = None, state: str | None = None) -> bytes:
+    """Prefix of the (type, active/terminal, state) index; narrower with each argument given."""
+    out = type_name.encode() + b"\x00"
+    if terminal is None:
+        return out
+    out += b"T" if terminal else b"A"
+    if state is None:
+        return out
+    return out + state.encode() + b"\x00"
+
+
+def node_index_key(type_name: str, terminal: bool, state: str, node: bytes) -> bytes:
+    return node_index_prefix(type_name, terminal, state) + node
+
+
+# -- savepoints ---------------------------------------------------------------------------------
+# Run and entity ids have no control characters (domain/validation.py), so 0x00 ends them.
+#   RUNS              run 0x00                          -> run header (codec.encode_run)
+#                     run 0x00 0x01                     -> the run's entity ids
+#   RUN_ENTITIES      run 0x00 entity                   -> entity progress
+#   SAVEPOINT_PARTS   run 0x00 entity 0x00 upto(u64)    -> state bytes (upto 0: the initial state)
+#   SAVEPOINTS        run 0x00 timestamp(u64)           -> savepoint header (codec.encode_savepoint)
+#   SAVEPOINT_STATES  run 0x00 timestamp(u64) entity    -> state bytes
+#   TREE_SNAPSHOTS    root 0x00 name                    -> snapshot header
+#   TREE_SNAPSHOT_ITEMS root 0x00 name 0x00 "n" node key -> node record
+#                       root 0x00 name 0x00 "t" task key -> task record
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The smallest key greater than every key starting with prefix (which must hold a byte
+    below 0xff: every prefix here starts with an id and its 0x00)."""
+    stem = prefix.rstrip(b"\xff")
+    return stem[:-1] + bytes([stem[-1] + 1])
+
+
+def run_key(run_id: str) -> bytes:
+    return run_id.encode() + b"\x00"
+
+
+def run_entity_ids_key(run_id: str) -> bytes:
+    return run_key(run_id) + b"\x01"
+
+
+def run_entity_key(run_id: str, entity_id: str) -> bytes:
+    return run_key(run_id) + entity_id.encode()
+
+
+def savepoint_part_key(run_id: str, entity_id: str, upto: int) -> bytes:
+    return run_key(run_id) + entity_id.encode() + b"\x00" + u64(upto)
+
+
+def savepoint_key(run_id: str, timestamp: int) -> bytes:
+    return run_key(run_id) + u64(timestamp)
+
+
+def savepoint_state_key(run_id: str, timestamp: int, entity_id: str) -> bytes:
+    return savepoint_key(run_id, timestamp) + entity_id.encode()
+
+
+def tree_snapshot_key(root_id: str, name: str) -> bytes:
+    return root_id.encode() + b"\x00" + name.encode()
+
+
+def tree_snapshot_items_prefix(root_id: str, name: str) -> bytes:
+    return tree_snapshot_key(root_id, name) + b"\x00"

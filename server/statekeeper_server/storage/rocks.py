@@ -32,6 +32,10 @@ class RocksWriteBatch:
         self._batch.delete(key, self._handles[keyspace])
         self._count += 1
 
+    def delete_range(self, keyspace: Keyspace, start: bytes, end: bytes) -> None:
+        self._batch.delete_range(start, end, self._handles[keyspace])
+        self._count += 1
+
     def __len__(self) -> int:
         return self._count
 
