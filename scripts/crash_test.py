@@ -64,6 +64,7 @@ class Load:
         self.acked = {f"c{w}": 0 for w in range(workers)}  # root -> last acknowledged count
         self.batches_acked: set[str] = set()
         self.batches_tried: set[str] = set()
+        self.batches_checked: set[str] = set()  # distinct batches verified present and whole
         self.alarms_armed: set[str] = set()  # acknowledged arm transitions
         self.consumed: set[tuple[int, int]] = set()
         self.batch_seq = 0

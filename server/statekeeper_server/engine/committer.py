@@ -60,6 +60,9 @@ class Committer:
         fsync: bool,
         durable_revision: int,
         max_group_mutations: int = 200_000,
+        max_group_commits: int = 10_000,
+        linger_turns: int = 8,
+        linger_s: float = 0.001,
         on_durable: Callable[[list[PendingCommit]], None],
         on_reset: Callable[[], None],
         on_fatal: Callable[[BaseException], None],
@@ -69,12 +72,15 @@ class Committer:
         self._fsync = fsync
         self.durable_revision = durable_revision
         self._max_group = max_group_mutations
+        self._max_group_commits = max_group_commits
+        self._linger_turns = linger_turns
+        self._linger_s = linger_s
         self._queue: deque[PendingCommit] = deque()
         self._wakeup = asyncio.Event()
         self._on_durable = on_durable
         self._on_reset = on_reset
         self._on_fatal = on_fatal
-        self._failpoints = failpoints or {}
+        self._failpoints = dict(failpoints or {})
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.failed: BaseException | None = None
@@ -124,6 +130,7 @@ class Committer:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            await self._linger()
             group = self._take_group()
             try:
                 self._write(group)
@@ -146,20 +153,58 @@ class Committer:
             for commit in group:
                 if not commit.future.done():
                     commit.future.set_result(None)
-            # Let the handlers that became ready meanwhile enqueue, so the next group is larger.
+
+    async def _linger(self) -> None:
+        """Group commit: before writing, give the loop a few turns while commits keep arriving.
+
+        gRPC hands requests to their handlers over several loop turns, so right after a write
+        only one or two commits are queued even with many callers waiting. Yielding while the
+        queue grows (at most `linger_turns` turns and `linger_s` seconds, never past a full
+        group) lets concurrent callers share the fsync; a lone caller pays one loop turn.
+        """
+        if self._linger_turns <= 0:
+            return
+        deadline = time.perf_counter() + self._linger_s
+        for _ in range(self._linger_turns):
+            queued = len(self._queue)
             await asyncio.sleep(0)
+            if len(self._queue) == queued or len(self._queue) >= self._max_group_commits:
+                return
+            if time.perf_counter() >= deadline:
+                return
 
     def _take_group(self) -> list[PendingCommit]:
         group = [self._queue.popleft()]
         size = len(group[0].mutations)
-        while self._queue and size + len(self._queue[0].mutations) <= self._max_group:
+        while (
+            self._queue
+            and len(group) < self._max_group_commits
+            and size + len(self._queue[0].mutations) <= self._max_group
+        ):
             commit = self._queue.popleft()
             size += len(commit.mutations)
             group.append(commit)
         return group
 
+    def _failpoint(self, name: str, action: str) -> bool:
+        """Whether failpoint `name` fires `action` now (tests only). `action*N` fires only the
+        first N times it is reached, then is off: e.g. one failed commit, then normal service."""
+        value = self._failpoints.get(name)
+        if value is None:
+            return False
+        act, sep, times = value.partition("*")
+        if act != action:
+            return False
+        if not sep:
+            return True
+        left = int(times)
+        if left <= 0:
+            return False
+        self._failpoints[name] = f"{act}*{left - 1}"
+        return True
+
     def _write(self, group: list[PendingCommit]) -> None:
-        if self._failpoints.get("commit.before_write") == "error":
+        if self._failpoint("commit.before_write", "error"):
             raise InjectedFault("failpoint commit.before_write")
         batch = self._store.new_batch()
         put, delete = batch.put, batch.delete
@@ -172,12 +217,12 @@ class Committer:
         top = max(c.revision for c in group)
         if top:  # a group of housekeeping writes only (revision 0) leaves the revision alone
             put(Keyspace.META, keys.META_REVISION, keys.u64(top))
-        if self._failpoints.get("commit.fsync") == "error":
+        if self._failpoint("commit.fsync", "error"):
             raise OSError(5, "failpoint commit.fsync: fsync failed")
         started = time.perf_counter()
         self._store.write(batch, sync=self._fsync)
         elapsed = time.perf_counter() - started
-        if self._failpoints.get("commit.after_write") == "crash":
+        if self._failpoint("commit.after_write", "crash"):
             import os
 
             log.critical("failpoint commit.after_write: crashing after the write, before any reply")
