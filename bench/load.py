@@ -245,6 +245,24 @@ class _Worker:
         result["events"] = received
         return result
 
+    async def watch_many(
+        self, address: str, method: str, request: bytes, seconds: float, subscribers: int
+    ) -> dict[str, Any]:
+        """`subscribers` Watch streams reading the same backlog at once, each on its own
+        channel; events/s is the total delivered over the time the slowest took to catch up."""
+        workers = [_Worker() for _ in range(subscribers)]
+        started = time.perf_counter()
+        try:
+            results = await asyncio.gather(
+                *(w.watch(address, method, request, seconds, 0.0, False) for w in workers)
+            )
+        finally:
+            for w in workers:
+                await w.close()
+        span = time.perf_counter() - started
+        total = sum(r["events"] for r in results)
+        return {"events_per_s": total / span if span > 0 else 0.0, "events": total}
+
     async def pipeline(
         self, address: str, method: str, requests: list[bytes], concurrency: int, ops_per_call: int
     ) -> dict[str, Any]:

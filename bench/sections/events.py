@@ -16,7 +16,7 @@ from bench import stores, workload
 from bench.core import Context, Figure, Section, median
 
 KEY = "e"
-TITLE = "statekeeper: events to one subscriber (Watch)"
+TITLE = "statekeeper: events to one and ten subscribers (Watch)"
 PLACEHOLDER = True  # may report not_available
 
 
@@ -80,6 +80,28 @@ def run(ctx: Context) -> Section:
             runs["events_per_s"],
             ceiling="a.stream",
             note=f"median backlog read: {median(runs['events']):,.0f} events",
+        ),
+    )
+    many = ctx.repeat(
+        "Watch backlog x10",
+        lambda: ctx.load.run(
+            "watch_many",
+            address=server.address,
+            method=method,
+            request=backlog,
+            seconds=p.seconds,
+            subscribers=10,
+        ),
+    )
+    section.add(
+        "backlog_10",
+        Figure(
+            "Watch from revision 1 (backlog), ten subscribers in total",
+            median(many["events_per_s"]),
+            "events/s",
+            many["events_per_s"],
+            ceiling="a.stream",
+            note="ten streams parsed in one load process: bounded by the load process's CPU too",
         ),
     )
     callers = p.unary_callers[-1]
