@@ -5,7 +5,9 @@
     statekeeper get REF                     one node      (REF: root or root/type:id/...)
     statekeeper tree REF                    a subtree with its states
     statekeeper transition REF NAME         apply a transition
+    statekeeper watch [--root REF] [--type T] [--kind K] [--from-revision N]   live events
     statekeeper tasks list|get|dead-letters|retry|discard   timers and outbound tasks
+    statekeeper consumers list|get NAME     durable event consumers: position, unacked, lag
     statekeeper savepoints list|latest RUN   a run's savepoints, or its latest one loaded
     statekeeper backup [--name NAME]        an online backup of the whole store (on the server)
 
@@ -21,12 +23,14 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from statekeeper._errors import StatekeeperError
 from statekeeper._sync.client import SyncClient
-from statekeeper._types import MachineType, Node, Ref, Task
+from statekeeper._types import Consumer, Event, MachineType, Node, Ref, Task
+from statekeeper.v1 import event_pb2
 
 
 def _jsonable(value: Any) -> Any:
@@ -192,6 +196,105 @@ def _run_savepoints(client: SyncClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _event_kind(text: str) -> str:
+    """An event kind as the SDK names it ("node_transitioned"); EVENT_KIND_… and any case too."""
+    name = text.strip().lower().removeprefix("event_kind_")
+    known = [k.removeprefix("EVENT_KIND_").lower() for k in event_pb2.EventKind.keys()[1:]]
+    if name not in known:
+        raise argparse.ArgumentTypeError(f"unknown event kind {text!r}; one of: {', '.join(known)}")
+    return name
+
+
+def _event_line(e: Event) -> str:
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.time_ms / 1000)) + f".{e.time_ms % 1000:03d}"
+    what = str(e.ref) if e.ref is not None else e.machine_type
+    parts = [f"{e.revision}.{e.index}", stamp, e.kind.ljust(24), what]
+    if e.ref is not None and e.machine_type:
+        parts.append(f"({e.machine_type})")
+    if e.from_state:
+        parts.append(f"{e.from_state} → {e.to_state}")
+    elif e.to_state:
+        parts.append(f"[{e.to_state}]")
+    if e.transition:
+        parts.append(f"via {e.transition}")
+    if e.transition_count:
+        parts.append(f"#{e.transition_count}")
+    if e.task_id:
+        parts.append(f"task {e.task_id}")
+    if e.detail:
+        parts.append(e.detail.splitlines()[0])
+    return " ".join(p for p in parts if p)
+
+
+def _run_watch(client: SyncClient, args: argparse.Namespace) -> int:
+    if args.from_revision < 0 or (args.count is not None and args.count < 1):
+        raise ValueError("--from-revision must not be negative and --count must be at least 1")
+    root = Ref.parse(args.root) if args.root else None
+    events = client.watch(
+        start_revision=args.from_revision,
+        root_id=root.root_id if root is not None else "",
+        path_prefix=root.path if root is not None else (),
+        machine_types=args.types,
+        kinds=args.kinds,
+    )
+    seen = 0
+    try:
+        for event in events:
+            if args.json:
+                line = json.dumps(_jsonable(event), ensure_ascii=False, separators=(",", ":"))
+            else:
+                line = _event_line(event)
+            print(line, flush=True)
+            seen += 1
+            if args.count is not None and seen >= args.count:
+                break
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a watch ends
+    except BrokenPipeError:  # the reader went away (`statekeeper watch | head`): end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        close = getattr(events, "close", None)  # a generator: closing it ends the stream at the server
+        if close is not None:
+            close()
+    return 0
+
+
+def _consumer_rows(consumers: list[Consumer]) -> str:
+    rows = []
+    for c in consumers:
+        scope = [f"root {c.root_id}"] if c.root_id else []
+        scope += [f"types {','.join(c.machine_types)}"] if c.machine_types else []
+        scope += [f"kinds {','.join(c.kinds)}"] if c.kinds else []
+        rows.append(
+            [
+                c.name,
+                str(c.acked_revision),
+                str(c.unacked_count),
+                str(c.lag_revisions),
+                str(c.subscribers),
+                "; ".join(scope) or "all events",
+            ]
+        )
+    return _table(rows, ["name", "acked revision", "unacked", "lag", "subscribers", "filter"])
+
+
+def _run_consumers(client: SyncClient, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        consumers = client.list_consumers()
+        _print_json(consumers) if args.json else print(_consumer_rows(consumers))
+        return 0
+    consumer = client.get_consumer(args.name)
+    if args.json:
+        _print_json(consumer)
+    else:
+        fields = _jsonable(consumer)
+        for name in ("root_id", "machine_types", "kinds"):
+            if not fields[name]:
+                fields[name] = "-"
+        print(_table([[k, str(v)] for k, v in fields.items()], ["field", "value"]))
+    return 0
+
+
 def _run_backup(client: SyncClient, args: argparse.Namespace) -> int:
     backup = client.create_backup(args.name)
     if args.json:
@@ -225,6 +328,10 @@ def _run(args: argparse.Namespace) -> int:
             return _run_savepoints(client, args)
         if args.command == "backup":
             return _run_backup(client, args)
+        if args.command == "watch":
+            return _run_watch(client, args)
+        if args.command == "consumers":
+            return _run_consumers(client, args)
         if args.command == "types":
             if args.action == "list":
                 types = client.list_machine_types(all_versions=args.all_versions)
@@ -340,6 +447,54 @@ def build_parser() -> argparse.ArgumentParser:
         "--expect-count", type=int, default=None, help="expected transition count (compare-and-swap)"
     )
     p.add_argument("--request-id", default="")
+
+    p = sub.add_parser(
+        "watch",
+        parents=[common],
+        help="follow the event stream live (Ctrl-C ends it)",
+        description="Print the store's change events as they are committed, one line each (JSON lines "
+        "with --json). Filters combine: an event is shown when it matches all of them.",
+    )
+    p.add_argument(
+        "--from-revision",
+        type=int,
+        default=0,
+        metavar="N",
+        help="start at revision N, history first (default: only events committed from now on)",
+    )
+    p.add_argument(
+        "--root",
+        default="",
+        metavar="REF",
+        help="only events of this tree or subtree (root or root/type:id/...)",
+    )
+    p.add_argument(
+        "--type",
+        dest="types",
+        action="append",
+        default=[],
+        metavar="TYPE",
+        help="only this machine type (repeatable)",
+    )
+    p.add_argument(
+        "--kind",
+        dest="kinds",
+        action="append",
+        default=[],
+        type=_event_kind,
+        metavar="KIND",
+        help="only this event kind, e.g. node_transitioned, task_created (repeatable)",
+    )
+    p.add_argument("--count", type=int, default=None, metavar="N", help="stop after N events")
+
+    consumers = sub.add_parser("consumers", help="durable event consumers").add_subparsers(
+        dest="action", required=True
+    )
+    consumers.add_parser(
+        "list", parents=[common], help="every consumer: acked revision (position), unacked, lag, subscribers"
+    )
+    p = consumers.add_parser("get", parents=[common], help="one consumer with its filter and settings")
+    p.add_argument("name")
 
     tasks = sub.add_parser("tasks", help="timers and outbound tasks").add_subparsers(
         dest="action", required=True

@@ -415,3 +415,62 @@ def test_active_listing(client: sk.SyncClient, uid: str) -> None:
     assert ids(client.list_nodes(mt.name, state="running", status="active")) == [f"{uid}-0"]
     assert ids(client.list_nodes(mt.name, page_size=1)) == [f"{uid}-{i}" for i in range(4)]
     assert client.list_nodes(mt.name, state="done", status="active") == []
+
+
+def test_a_consumer_from_the_start_delivers_after_a_restart(fresh_server: ServerProcess) -> None:
+    """A consumer that has acknowledged nothing since revision 0 (or up to the oldest retained
+    revision) resumes at the next revision after a restart, not at one already gone."""
+
+    async def before_kill() -> None:
+        async with await sk.Client.connect(fresh_server.address) as c:
+            await c.create_consumer("from-start", start="earliest")
+            await c.register_machine_type(ORDER)
+
+    asyncio.run(before_kill())
+    fresh_server.kill()
+    fresh_server.start()
+
+    async def after_restart() -> None:
+        async with await sk.Client.connect(fresh_server.address) as c:
+            await c.create_root("order", "after")  # a live event too, so the history is read from disk
+            got = await take(c.subscribe("from-start"), 2)
+            assert [(d.event.revision, d.event.kind) for d in got] == [
+                (1, "machine_type_registered"),
+                (2, "node_created"),
+            ]
+
+    asyncio.run(after_restart())
+
+
+def test_retention_cap_bounds_only_what_consumers_hold_back(tmp_path: Path) -> None:
+    proc = ServerProcess(
+        tmp_path / "d",
+        "--event-retention-revisions",
+        "10",
+        "--event-retention-max-revisions",
+        "4",
+        "--event-compaction-interval-s",
+        "0.1",
+    ).start()
+    try:
+
+        async def main() -> None:
+            async with await sk.Client.connect(proc.address) as c:
+                await c.register_machine_type(ORDER)
+                await c.create_consumer("lagging", start="earliest")
+                node = await c.create_root("order", "x")
+                revision = node.create_revision
+                for _ in range(20):
+                    revision = (await c.transition("x", "touch")).revision
+                await asyncio.sleep(0.5)
+                # the count rule still keeps the newest 10 revisions despite the smaller cap
+                events = await take(c.watch(start_revision=revision - 9), 1)
+                assert events[0].revision == revision - 9
+                # the consumer behind the cap is told so, explicitly
+                with pytest.raises(sk.OutOfRangeError) as e:
+                    await take(c.subscribe("lagging", reconnect=False), 1)
+                assert e.value.reason == "CONSUMER_BEHIND_RETENTION"
+
+        arun(main())
+    finally:
+        proc.terminate()

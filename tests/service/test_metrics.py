@@ -6,8 +6,9 @@ import asyncio
 import json
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -150,3 +151,88 @@ def test_gauges_for_other_parts_take_numbers_or_functions() -> None:
     metrics.remove_consumer("billing")
     assert "billing" not in metrics.render().decode()
     metrics.set_task_queue_depth(0)
+
+
+ALARM = sk.MachineType(
+    name="alarm",
+    version=1,
+    states=["idle", "armed", "rung"],
+    initial_state="idle",
+    terminal_states=["rung"],
+    transitions=[
+        sk.Transition("arm", ["idle"], "armed", tasks=[sk.Timer("bell", "ring", delay_ms=3_600_000)]),
+        sk.Transition("ring", ["armed"], "rung"),
+    ],
+)
+
+
+def wait_for(address: str, check: Callable[[Samples], bool], timeout: float = 5.0) -> Samples:
+    """Scrape until check passes (stream ends reach the server a moment after the client)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = scrape(address)
+        if check(samples) or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.05)
+
+
+def test_scrape_shows_subscribers_lag_timers_and_the_task_queue_moving(
+    observed: tuple[ServerProcess, str],
+) -> None:
+    proc, address = observed
+    subscribers = "statekeeper_subscribers"
+    lag = "statekeeper_consumer_lag_revisions"
+    with sk.SyncClient.connect(proc.address) as client:
+        for mt in (ORDER, ALARM):
+            client.register_machine_type(mt)
+        before = scrape(address)
+        client.create_consumer("metrics-billing", root_id="g-order")
+        assert value(scrape(address), lag, consumer="metrics-billing") == 0
+        # A watch and a consumer's subscriber are open: two subscribers.
+        watch = client.watch(root_id="g-order", progress=True)
+        assert next(watch).kind == "progress"  # the server has the stream
+        order = client.create_root("order", "g-order")
+        deliveries = client.subscribe("metrics-billing")
+        delivery = next(deliveries)
+        assert delivery.event.kind == "node_created"
+        client.create_root("alarm", "g-alarm")
+        armed = client.transition("g-alarm", "arm")  # a timer due in an hour
+        paid = client.transition(order, "pay")  # an outbound task for "payments", no worker
+        during = scrape(address)
+        assert value(during, subscribers) == value(before, subscribers) + 2
+        assert value(during, "statekeeper_timers_pending") == value(before, "statekeeper_timers_pending") + 1
+        depth = "statekeeper_task_queue_depth"
+        assert value(during, depth) == value(before, depth) + 1
+        # The consumer has acknowledged nothing since it was created: it lags by every commit.
+        consumer_lag = value(during, lag, consumer="metrics-billing")
+        assert consumer_lag == paid.revision - (delivery.event.revision - 1) > 0
+        assert value(during, "statekeeper_subscriber_max_lag_revisions") >= consumer_lag
+        assert [t.kind for t in armed.tasks] == ["timer"] and [t.kind for t in paid.tasks] == ["outbound"]
+        client.ack("metrics-billing", up_to_revision=paid.revision)
+        assert value(scrape(address), lag, consumer="metrics-billing") == 0
+        cast(Generator[Any, None, None], watch).close()
+        cast(Generator[Any, None, None], deliveries).close()
+        after = wait_for(address, lambda s: value(s, subscribers) == value(before, subscribers))
+        assert value(after, subscribers) == value(before, subscribers)
+        client.delete_consumer("metrics-billing")
+    assert (lag, frozenset({("consumer", "metrics-billing")})) not in scrape(address)
+
+
+def test_timers_and_queued_tasks_are_counted_again_after_a_restart(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    proc = ServerProcess(data, "--metrics-listen", "127.0.0.1:0").start()
+    try:
+        with sk.SyncClient.connect(proc.address) as client:
+            for mt in (ORDER, ALARM):
+                client.register_machine_type(mt)
+            for i in range(3):
+                client.transition(client.create_root("alarm", f"a{i}"), "arm")
+            client.transition(client.create_root("order", "o"), "pay")
+            client.create_consumer("kept")
+        proc.restart()
+        samples = scrape(json.loads((tmp_path / "data.ready").read_text())["metrics_address"])
+        assert value(samples, "statekeeper_timers_pending") == 3
+        assert value(samples, "statekeeper_task_queue_depth") == 1
+        assert (("statekeeper_consumer_lag_revisions", frozenset({("consumer", "kept")}))) in samples
+    finally:
+        proc.kill()

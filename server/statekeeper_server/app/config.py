@@ -30,6 +30,9 @@ def _failpoints(text: str) -> dict[str, str]:
         name, sep, action = item.partition("=")
         if not sep:
             raise argparse.ArgumentTypeError(f"failpoint {item!r} must be name=action")
+        _act, star, times = action.partition("*")
+        if star and not times.isdigit():
+            raise argparse.ArgumentTypeError(f"failpoint {item!r}: the count after '*' must be a number")
         out[name] = action
     return out
 
@@ -72,7 +75,7 @@ class Config:
 _HELP = {
     "listen": "address to serve gRPC on (host:port; port 0 picks a free one)",
     "data_dir": "folder of the embedded RocksDB store (created if missing)",
-    "fsync": "fsync every commit group before answering (true/false); false loses acknowledged writes on a crash",
+    "fsync": "fsync every commit group before answering (true/false); false: a power loss or OS crash can lose acknowledged writes",
     "request_ttl_s": "seconds a request_id's outcome is kept for retries",
     "max_message_bytes": "largest gRPC message accepted or sent, in bytes",
     "max_concurrent_rpcs": "calls in flight beyond this are refused with RESOURCE_EXHAUSTED",
@@ -102,6 +105,27 @@ _HELP = {
     "failpoints": "fault injection for tests: name=action[,name=action] (see docs/operations.md)",
 }
 
+_LIMIT_HELP = {
+    "max_id_length": "longest root or node id, in characters",
+    "max_name_length": "longest name of a machine type, state, transition, task, destination or consumer",
+    "max_request_id_length": "longest request_id",
+    "max_content_type_length": "longest content type of node data",
+    "max_data_bytes": "largest node data, in bytes (below --max-message-bytes)",
+    "max_payload_bytes": "largest outbound task payload, in bytes (below --max-message-bytes)",
+    "max_path_depth": "deepest node below its root",
+    "max_children_per_node": "most children of one node",
+    "max_batch_operations": "most operations in one ExecuteBatch",
+    "max_states_per_type": "most states of one machine type",
+    "max_transitions_per_type": "most transitions of one machine type",
+    "max_tasks_per_transition": "most tasks one transition emits",
+    "max_page_size": "largest page a list call returns",
+    "default_page_size": "page size when a list call gives none",
+    "max_deleted_nodes": "most nodes one call deletes (DeleteNode, a batch), snapshots or restores (a tree snapshot)",
+    "max_state_bytes": "largest entity state of a run, in bytes",
+    "max_run_entities": "most entities of one run",
+    "max_subscribers": "Watch, Subscribe and LeaseTasks streams open at once (more: RESOURCE_EXHAUSTED)",
+}
+
 
 def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Config:
     env = os.environ if environ is None else environ
@@ -129,7 +153,7 @@ def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) 
             flag,
             type=int,
             default=int(env_value) if env_value is not None else default,
-            help=f"limit (default: {default})",
+            help=f"{_LIMIT_HELP.get(f.name, 'limit')} (default: {default})",
         )
     args = vars(parser.parse_args(argv))
     limits = Limits(**{f.name: args.pop(f.name) for f in fields(Limits)})

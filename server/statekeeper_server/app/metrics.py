@@ -167,9 +167,18 @@ def set_subscriber_max_lag(value: Source) -> None:
     _set("statekeeper_subscriber_max_lag_revisions", value)
 
 
-def set_consumer_lag(consumer: str, lag: float) -> None:
+def set_consumer_lag(consumer: str, lag: Source) -> None:
     """The lag of one named durable consumer, in revisions."""
-    CONSUMER_LAG.labels(consumer=consumer).set(lag)
+    number = 0.0 if callable(lag) else float(lag)
+    source: Callable[[], float] = lag if callable(lag) else (lambda: number)
+
+    def read() -> float:
+        try:
+            return float(source())
+        except Exception:  # a broken callback must not break the scrape
+            return math.nan
+
+    CONSUMER_LAG.labels(consumer=consumer).set_function(read)
 
 
 def remove_consumer(consumer: str) -> None:

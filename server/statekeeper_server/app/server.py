@@ -14,7 +14,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from statekeeper.v1 import admin_pb2, event_pb2, machine_type_pb2, node_pb2, savepoint_pb2, task_pb2
-from statekeeper_server.app import metrics, security
+from statekeeper_server.app import gauges, metrics, security
 from statekeeper_server.app.config import Config, task_settings
 from statekeeper_server.engine.consumers import ConsumerManager
 from statekeeper_server.engine.engine import Engine
@@ -26,7 +26,7 @@ from statekeeper_server.engine.tree_snapshots import TreeSnapshots
 from statekeeper_server.service.admin import AdminServicer
 from statekeeper_server.service.auth import AuthInterceptor
 from statekeeper_server.service.events import EventServicer
-from statekeeper_server.service.handler import CallObserver, ConcurrencyLimit, generic_handler
+from statekeeper_server.service.handler import CallObserver, ConcurrencyLimit, StreamLimit, generic_handler
 from statekeeper_server.service.machine_types import MachineTypeServicer
 from statekeeper_server.service.nodes import NodeServicer
 from statekeeper_server.service.savepoints import SavepointServicer
@@ -34,6 +34,11 @@ from statekeeper_server.service.tasks import TaskServicer
 from statekeeper_server.storage.rocks import RocksStore
 
 log = logging.getLogger("statekeeper.server")
+
+FATAL_DRAIN_S = 0.2
+FATAL_GRACE_S = 1.0
+"""After a fatal store error (fail-stop): calls already received are answered for FATAL_DRAIN_S
+(writes with UNAVAILABLE), then in-flight calls get FATAL_GRACE_S to finish."""
 
 
 class StatekeeperServer:
@@ -58,6 +63,7 @@ class StatekeeperServer:
         self.limit = ConcurrencyLimit(
             config.max_concurrent_rpcs, float(config.failpoints.get("rpc.delay", 0) or 0)
         )
+        self.streams = StreamLimit(config.limits.max_subscribers)
         self.health = health_aio.HealthServicer()
         self.grpc_server: grpc.aio.Server | None = None
         self.port = 0
@@ -90,9 +96,8 @@ class StatekeeperServer:
                 config.event_compaction_interval_s,
             ),
         )
-        self.services[event_pb2.DESCRIPTOR.services_by_name["EventService"]] = EventServicer(
-            self.engine, self.events, self.consumers
-        )
+        self.event_servicer = EventServicer(self.engine, self.events, self.consumers)
+        self.services[event_pb2.DESCRIPTOR.services_by_name["EventService"]] = self.event_servicer
 
     @property
     def address(self) -> str:
@@ -115,7 +120,7 @@ class StatekeeperServer:
         )
         server.add_generic_rpc_handlers(
             [
-                generic_handler(descriptor, servicer, self.observers, self.limit)
+                generic_handler(descriptor, servicer, self.observers, self.limit, self.streams)
                 for descriptor, servicer in self.services.items()
             ]
         )
@@ -138,6 +143,7 @@ class StatekeeperServer:
             raise OSError(f"cannot listen on {cfg.listen}")
         if cfg.metrics_listen:
             metrics.instrument(self)
+            gauges.instrument(self)
             self.metrics_http = metrics.MetricsHTTP(cfg.metrics_listen)
         await self.engine.start()
         self.tasks.start()
@@ -208,6 +214,13 @@ async def serve(config: Config) -> int:
         loop.add_signal_handler(sig, stop.set)
     await server.start()
     await stop.wait()
-    log.info("shutting down (grace %.1fs)", 0 if exit_code else config.shutdown_grace_s)
-    await server.stop(0 if exit_code else None)
+    grace = min(config.shutdown_grace_s, FATAL_GRACE_S) if exit_code else config.shutdown_grace_s
+    log.info("shutting down (grace %.1fs)", grace)
+    if exit_code:
+        # Fail-stop: every write is now refused with UNAVAILABLE. Calls the transport has
+        # received but not yet handed to a handler would be cut off by the stop with CANCELLED;
+        # a short pause (health NOT_SERVING) lets them run and get that UNAVAILABLE instead.
+        await server.health.enter_graceful_shutdown()
+        await asyncio.sleep(FATAL_DRAIN_S)
+    await server.stop(grace)
     return exit_code

@@ -24,3 +24,5 @@ class Limits:
     max_deleted_nodes: int = 100_000
     max_state_bytes: int = 1024 * 1024
     max_run_entities: int = 100_000
+    # Long-lived streams open at once on the server: Watch, Subscribe and LeaseTasks.
+    max_subscribers: int = 1_000

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 NodeKey = tuple[str, str]
 """(machine type name, node id): a node's key among its siblings."""
 
 
-@dataclass(frozen=True, slots=True)
-class NodeAddress:
-    """A node: its tree's root id and the keys from the root's child down to it."""
+class NodeAddress(NamedTuple):
+    """A node: its tree's root id and the keys from the root's child down to it.
+
+    A named tuple rather than a dataclass: addresses are hashed several times per operation,
+    and tuple hashing and equality run in C.
+    """
 
     root_id: str
     path: tuple[NodeKey, ...] = ()

@@ -129,7 +129,10 @@ def check_machine_type(mt: MachineType, limits: Limits) -> None:
         raise InvalidArgument("FIELD_REQUIRED", f"{f}.states must not be empty", field=f"{f}.states")
     if len(mt.states) > limits.max_states_per_type:
         raise InvalidArgument(
-            "TOO_MANY", f"{f}.states: the limit is {limits.max_states_per_type}", field=f"{f}.states"
+            "TOO_MANY",
+            f"{f}.states: the limit is {limits.max_states_per_type}",
+            field=f"{f}.states",
+            limit="max_states_per_type",
         )
     for i, s in enumerate(mt.states):
         check_name(s, f"{f}.states[{i}]", limits)
@@ -158,6 +161,7 @@ def check_machine_type(mt: MachineType, limits: Limits) -> None:
             "TOO_MANY",
             f"{f}.transitions: the limit is {limits.max_transitions_per_type}",
             field=f"{f}.transitions",
+            limit="max_transitions_per_type",
         )
     _check_unique(tuple(t.name for t in mt.transitions), f"{f}.transitions.name")
     terminal = set(mt.terminal_states)
@@ -189,7 +193,10 @@ def check_machine_type(mt: MachineType, limits: Limits) -> None:
             )
         if len(t.tasks) > limits.max_tasks_per_transition:
             raise InvalidArgument(
-                "TOO_MANY", f"{tf}.tasks: the limit is {limits.max_tasks_per_transition}", field=f"{tf}.tasks"
+                "TOO_MANY",
+                f"{tf}.tasks: the limit is {limits.max_tasks_per_transition}",
+                field=f"{tf}.tasks",
+                limit="max_tasks_per_transition",
             )
         _check_unique(tuple(k.name for k in t.tasks), f"{tf}.tasks.name")
         for j, task in enumerate(t.tasks):

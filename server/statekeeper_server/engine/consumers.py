@@ -31,7 +31,9 @@ def before(p: EventPosition) -> EventPosition:
 
 
 def after(p: EventPosition) -> EventPosition:
-    return (p[0], p[1] + 1)
+    # After a whole revision (index MAX_INDEX) comes the next revision: a position such as
+    # (r, MAX_INDEX + 1) would read as revision r, which may be compacted (or 0) already.
+    return (p[0] + 1, 0) if p[1] >= MAX_INDEX else (p[0], p[1] + 1)
 
 
 @dataclass
@@ -145,6 +147,27 @@ class ConsumerManager:
     @staticmethod
     def unacked(state: ConsumerState) -> int:
         return len(state.in_flight)
+
+    @staticmethod
+    def acked_revision(state: ConsumerState) -> int:
+        """Every event up to this revision is acknowledged (or filtered out)."""
+        floor = state.record.floor
+        return max(floor[0] if floor[1] == MAX_INDEX else floor[0] - 1, 0)
+
+    def lag(self, name: str) -> int:
+        """Revisions committed after the consumer's acked revision (0 for an unknown name)."""
+        state = self._states.get(name)
+        return 0 if state is None else max(0, self._hub.durable_revision - self.acked_revision(state))
+
+    def subscriber_count(self) -> int:
+        """Subscribers connected to any consumer (safe to call from another thread)."""
+        return sum(len(s.subscribers) for s in list(self._states.values()))
+
+    def max_subscribed_lag(self) -> int:
+        """The largest lag of a consumer that has subscribers (safe from another thread)."""
+        durable = self._hub.durable_revision
+        lags = [durable - self.acked_revision(s) for s in list(self._states.values()) if s.subscribers]
+        return max(lags, default=0)
 
     async def _save(self, state: ConsumerState) -> None:
         r = state.record

@@ -61,9 +61,10 @@ class EventCompactor:
             keep_from = min(keep_from, young if young is not None else durable + 1)
         needed = self._consumers.retention_floor()
         if needed is not None:
-            keep_from = min(keep_from, needed)
             if p.max_revisions:
-                keep_from = max(keep_from, durable - p.max_revisions + 1)
+                # The cap bounds only what consumers may hold back, not the count/age rules.
+                needed = max(needed, durable - p.max_revisions + 1)
+            keep_from = min(keep_from, needed)
         return min(keep_from, durable + 1)
 
     def run_once(self) -> int:

@@ -82,6 +82,19 @@ class EventServicer:
         self.engine = engine
         self.hub = hub
         self.consumers = consumers
+        # Open Watch streams and the revision each has delivered up to (for the metrics).
+        self.watches: dict[object, int] = {}
+
+    def subscriber_count(self) -> int:
+        """Watch and Subscribe streams open now (safe to call from another thread)."""
+        return len(self.watches) + self.consumers.subscriber_count()
+
+    def max_subscriber_lag(self) -> int:
+        """The largest lag of an open stream: a watch's position, a subscribed consumer's
+        acknowledged revision, behind the durable revision (safe from another thread)."""
+        durable = self.hub.durable_revision
+        watching = max((durable - seen for seen in list(self.watches.values())), default=0)
+        return max(watching, self.consumers.max_subscribed_lag(), 0)
 
     async def Watch(self, request: pb.WatchRequest, context: Context) -> AsyncIterator[pb.WatchResponse]:
         flt = event_filter(request.filter, self.engine)
@@ -100,23 +113,30 @@ class EventServicer:
         else:
             cursor = (hub.durable_revision + 1, 0)
         seen = cursor[0] - 1  # every event up to this revision was delivered or filtered out
-        # Tell the client at once where it stands, so it can resume precisely even if no
-        # event arrives before a disconnect.
-        yield pb.WatchResponse(progress_revision=seen)
-        while True:
-            events = hub.read(cursor, batch)
-            if events:
-                last = events[-1]
-                cursor = (last.revision, last.index + 1)
-                matching = [event_pb(e) for e in events if flt.matches(e)]
-                # A short read reached the durable top; a full one may have stopped mid-revision.
-                seen = hub.durable_revision if len(events) < batch else last.revision - 1
-                if matching:
-                    yield pb.WatchResponse(events=matching, progress_revision=seen)
-                continue
-            seen = max(seen, hub.durable_revision)
-            if not await hub.wait(seen, progress_s):
-                yield pb.WatchResponse(progress_revision=seen)
+        watch = object()
+        self.watches[watch] = seen
+        try:
+            # Tell the client at once where it stands, so it can resume precisely even if no
+            # event arrives before a disconnect.
+            yield pb.WatchResponse(progress_revision=seen)
+            while True:
+                events = hub.read(cursor, batch)
+                if events:
+                    last = events[-1]
+                    cursor = (last.revision, last.index + 1)
+                    matching = [event_pb(e) for e in events if flt.matches(e)]
+                    # A short read reached the durable top; a full one may have stopped mid-revision.
+                    seen = hub.durable_revision if len(events) < batch else last.revision - 1
+                    if matching:
+                        yield pb.WatchResponse(events=matching, progress_revision=seen)
+                    self.watches[watch] = seen
+                    continue
+                seen = max(seen, hub.durable_revision)
+                self.watches[watch] = seen
+                if not await hub.wait(seen, progress_s):
+                    yield pb.WatchResponse(progress_revision=seen)
+        finally:
+            self.watches.pop(watch, None)
 
     def _consumer_pb(self, state: ConsumerState) -> pb.Consumer:
         r = state.record

@@ -104,6 +104,29 @@ class ConcurrencyLimit:
         )
 
 
+class StreamLimit:
+    """At most `limit` long-lived streams (Watch, Subscribe, LeaseTasks) open at once on the
+    server; one more is refused with RESOURCE_EXHAUSTED (reason TOO_MANY_SUBSCRIBERS, metadata
+    limit=max_subscribers). Each such stream holds memory (queues, deliveries awaiting an ack,
+    leases) for as long as its client keeps it open. LoadSavepoint streams end by themselves
+    and are not counted."""
+
+    METHODS = frozenset({"Watch", "Subscribe", "LeaseTasks"})
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+
+    def refusal(self) -> ResourceExhausted:
+        return ResourceExhausted(
+            "TOO_MANY_SUBSCRIBERS",
+            f"the server has {self.limit} streams open (Watch, Subscribe, LeaseTasks), its limit; "
+            "close one or retry later",
+            limit="max_subscribers",
+            max_subscribers=self.limit,
+        )
+
+
 # -- the call context: what logs made during a call are tagged with -----------------------------
 
 current_request_id: ContextVar[str] = ContextVar("statekeeper_request_id", default="")
@@ -178,6 +201,7 @@ def generic_handler(
     servicer: object,
     observers: list[CallObserver],
     limit: ConcurrencyLimit | None = None,
+    streams: StreamLimit | None = None,
 ) -> grpc.GenericRpcHandler:
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in descriptor.methods:
@@ -188,7 +212,14 @@ def generic_handler(
         has_request_id = "request_id" in method.input_type.fields_by_name
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(impl, full_name, observers, has_request_id, limit),
+                _wrap_stream(
+                    impl,
+                    full_name,
+                    observers,
+                    has_request_id,
+                    limit,
+                    streams if method.name in StreamLimit.METHODS else None,
+                ),
                 request_deserializer=deserialize,
                 response_serializer=lambda m: m.SerializeToString(),
             )
@@ -248,6 +279,7 @@ def _wrap_stream(
     observers: list[CallObserver],
     has_request_id: bool,
     limit: ConcurrencyLimit | None,
+    streams: StreamLimit | None = None,
 ) -> Callable[..., Any]:
     async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         started = time.perf_counter()
@@ -260,12 +292,19 @@ def _wrap_stream(
         failure: BaseException | None = None
         if limit is not None:
             limit.in_flight += 1
+        counted = False
         try:
             if limit is not None and limit.delay_s:
                 await asyncio.sleep(limit.delay_s)
             if isinstance(request, _Malformed):
                 error = _malformed_error(request)
                 await abort(context, error)
+            if streams is not None:
+                if streams.open >= streams.limit:
+                    error = streams.refusal()
+                    await abort(context, error)
+                streams.open += 1
+                counted = True
             try:
                 async for item in impl(request, context):
                     yield item
@@ -276,6 +315,9 @@ def _wrap_stream(
             failure = e
             raise
         finally:
+            if counted:
+                assert streams is not None
+                streams.open -= 1
             if limit is not None:
                 limit.in_flight -= 1
             _finish(name, context, started, error, failure, observers)

@@ -32,8 +32,8 @@ def _unpackb(raw: bytes) -> list:  # type: ignore[type-arg]
     return msgpack.unpackb(raw, raw=False, use_list=True, strict_map_key=False)  # type: ignore[no-any-return]
 
 
-def _path(address: NodeAddress) -> list[list[str]]:
-    return [[t, i] for t, i in address.path]
+def _path(address: NodeAddress) -> tuple[tuple[str, str], ...]:
+    return address.path  # msgpack writes tuples as arrays
 
 
 def _address(root: str, path: list[list[str]]) -> NodeAddress:

@@ -11,6 +11,7 @@ Numbers are big-endian so byte order is numeric order.
 
 from __future__ import annotations
 
+import functools
 import struct
 
 from statekeeper_server.domain.model import NodeAddress
@@ -34,6 +35,7 @@ def read_u64(b: bytes) -> int:
     return int(_U64.unpack(b)[0])
 
 
+@functools.lru_cache(maxsize=65_536)
 def node_key(address: NodeAddress) -> bytes:
     # One encode of the joined text: UTF-8 of a concatenation is the concatenation of the parts.
     path = address.path
