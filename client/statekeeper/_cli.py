@@ -19,6 +19,7 @@ Every inspection command takes --server (or STATEKEEPER_ADDRESS) and --json; --t
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import json
 import os
@@ -27,6 +28,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from statekeeper._async.client import Client
 from statekeeper._errors import StatekeeperError
 from statekeeper._sync.client import SyncClient
 from statekeeper._types import Consumer, Event, MachineType, Node, Ref, Task
@@ -226,36 +228,42 @@ def _event_line(e: Event) -> str:
     return " ".join(p for p in parts if p)
 
 
-def _run_watch(client: SyncClient, args: argparse.Namespace) -> int:
+def _run_watch(args: argparse.Namespace) -> int:
+    """Stream events until --count or Ctrl-C. Runs on the async client: asyncio turns SIGINT
+    into a cancellation at once, where a blocked synchronous stream may not notice it."""
     if args.from_revision < 0 or (args.count is not None and args.count < 1):
         raise ValueError("--from-revision must not be negative and --count must be at least 1")
     root = Ref.parse(args.root) if args.root else None
-    events = client.watch(
-        start_revision=args.from_revision,
-        root_id=root.root_id if root is not None else "",
-        path_prefix=root.path if root is not None else (),
-        machine_types=args.types,
-        kinds=args.kinds,
-    )
-    seen = 0
+
+    async def watch() -> None:
+        async with await Client.connect(args.server, **_connect_options(args)) as client:
+            events = client.watch(
+                start_revision=args.from_revision,
+                root_id=root.root_id if root is not None else "",
+                path_prefix=root.path if root is not None else (),
+                machine_types=args.types,
+                kinds=args.kinds,
+            )
+            seen = 0
+            try:
+                async for event in events:
+                    if args.json:
+                        line = json.dumps(_jsonable(event), ensure_ascii=False, separators=(",", ":"))
+                    else:
+                        line = _event_line(event)
+                    print(line, flush=True)
+                    seen += 1
+                    if args.count is not None and seen >= args.count:
+                        break
+            finally:
+                await events.aclose()  # ends the stream at the server too
+
     try:
-        for event in events:
-            if args.json:
-                line = json.dumps(_jsonable(event), ensure_ascii=False, separators=(",", ":"))
-            else:
-                line = _event_line(event)
-            print(line, flush=True)
-            seen += 1
-            if args.count is not None and seen >= args.count:
-                break
+        asyncio.run(watch())
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a watch ends
     except BrokenPipeError:  # the reader went away (`statekeeper watch | head`): end quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    finally:
-        close = getattr(events, "close", None)  # a generator: closing it ends the stream at the server
-        if close is not None:
-            close()
     return 0
 
 
@@ -306,21 +314,26 @@ def _run_backup(client: SyncClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _connect_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "token": args.token or None,
+        "timeout": args.timeout,
+        "wait_ready": args.timeout,
+        "tls": args.tls,
+        "tls_ca": args.tls_ca or None,
+        "tls_cert": args.tls_cert or None,
+        "tls_key": args.tls_key or None,
+        "tls_server_name": args.tls_server_name or None,
+    }
+
+
 def _client(args: argparse.Namespace) -> SyncClient:
-    return SyncClient.connect(
-        args.server,
-        token=args.token or None,
-        timeout=args.timeout,
-        wait_ready=args.timeout,
-        tls=args.tls,
-        tls_ca=args.tls_ca or None,
-        tls_cert=args.tls_cert or None,
-        tls_key=args.tls_key or None,
-        tls_server_name=args.tls_server_name or None,
-    )
+    return SyncClient.connect(args.server, **_connect_options(args))
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "watch":
+        return _run_watch(args)
     with _client(args) as client:
         if args.command == "tasks":
             return _run_tasks(client, args)
@@ -328,8 +341,6 @@ def _run(args: argparse.Namespace) -> int:
             return _run_savepoints(client, args)
         if args.command == "backup":
             return _run_backup(client, args)
-        if args.command == "watch":
-            return _run_watch(client, args)
         if args.command == "consumers":
             return _run_consumers(client, args)
         if args.command == "types":

@@ -4,7 +4,7 @@ by scripts/gen_sync_client.py (unasync); edit here, then regenerate."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -349,7 +349,7 @@ class SyncClient:
         kinds: Sequence[str] = (),
         reconnect: bool = True,
         progress: bool = False,
-    ) -> Iterator[Event]:
+    ) -> Generator[Event, None]:
         """Events from start_revision (0: only new ones) in revision order, history first.
 
         Reconnects by itself after the server goes away and resumes exactly after the last
@@ -436,7 +436,7 @@ class SyncClient:
     def delete_consumer(self, name: str) -> None:
         self._call(self._events.DeleteConsumer, event_pb2.DeleteConsumerRequest(name=name))
 
-    def subscribe(self, consumer: str, *, reconnect: bool = True) -> Iterator[Delivery]:
+    def subscribe(self, consumer: str, *, reconnect: bool = True) -> Generator[Delivery, None]:
         """The consumer's unacknowledged events, redelivered after a reconnect or the ack wait.
         Acknowledge with ack(); reconnects by itself when the server goes away."""
         delay = 0.1
@@ -538,7 +538,7 @@ class SyncClient:
         max_in_flight: int = 1,
         lease_s: float = 0.0,
         worker_id: str = "",
-    ) -> Iterator[LeasedTask]:
+    ) -> Generator[LeasedTask, None]:
         """Outbound tasks of the destinations as they become available, each leased for lease_s
         seconds (0: the server's default); at most max_in_flight are held unsettled at once.
         Runs until the caller stops iterating (or the server goes away: UnavailableError).

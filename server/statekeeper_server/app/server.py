@@ -120,7 +120,14 @@ class StatekeeperServer:
         )
         server.add_generic_rpc_handlers(
             [
-                generic_handler(descriptor, servicer, self.observers, self.limit, self.streams)
+                generic_handler(
+                    descriptor,
+                    servicer,
+                    self.observers,
+                    self.limit,
+                    self.streams,
+                    self.engine.durable_barrier,
+                )
                 for descriptor, servicer in self.services.items()
             ]
         )

@@ -9,6 +9,7 @@ concurrent callers share one fsync, and nobody is answered before their write is
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 from collections import deque
@@ -63,6 +64,7 @@ class Committer:
         max_group_commits: int = 10_000,
         linger_turns: int = 8,
         linger_s: float = 0.001,
+        sync_off_loop: bool = True,
         on_durable: Callable[[list[PendingCommit]], None],
         on_reset: Callable[[], None],
         on_fatal: Callable[[BaseException], None],
@@ -75,6 +77,11 @@ class Committer:
         self._max_group_commits = max_group_commits
         self._linger_turns = linger_turns
         self._linger_s = linger_s
+        self._sync_off_loop = sync_off_loop
+        self._syncer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wal-sync")
+        # Set while a written group's WAL is being synced: see durable_barrier().
+        self.flushing: asyncio.Future[None] | None = None
+        self._writing: list[PendingCommit] = []  # the group being written and synced
         self._queue: deque[PendingCommit] = deque()
         self._wakeup = asyncio.Event()
         self._on_durable = on_durable
@@ -106,8 +113,8 @@ class Committer:
         """Return once every commit up to revision is durable."""
         if revision <= self.durable_revision:
             return
-        for commit in reversed(self._queue):
-            if commit.revision <= revision:
+        for commit in reversed([*self._writing, *self._queue]):
+            if 0 < commit.revision <= revision:
                 await asyncio.shield(commit.future)
                 return
         if self.failed is not None or revision > self.durable_revision:
@@ -115,12 +122,20 @@ class Committer:
                 "COMMIT_FAILED", "the commit this answer depends on did not become durable; retry"
             )
 
+    async def durable_barrier(self) -> None:
+        """Return once nothing written to the store is still waiting for its fsync, so what a
+        reader sees next is durable (guarantee 2). Free unless a group is being synced."""
+        flushing = self.flushing
+        if flushing is not None:
+            await asyncio.shield(flushing)
+
     async def stop(self) -> None:
         """Write what is queued, then stop."""
         self._stopping = True
         self._wakeup.set()
         if self._task is not None:
             await self._task
+        self._syncer.shutdown(wait=True)
 
     async def _run(self) -> None:
         while True:
@@ -132,22 +147,26 @@ class Committer:
                 continue
             await self._linger()
             group = self._take_group()
+            self._writing = group
             try:
-                self._write(group)
+                await self._write(group)
             except InjectedFault as e:
                 log.error(
                     "commit failed before the write (%s); %d pending commits answered UNAVAILABLE",
                     e,
                     len(group) + len(self._queue),
                 )
+                self._writing = []
                 self._reset(group, e)
                 continue
             except Exception as e:  # the store's state is unknown: fail-stop
+                self._writing = []
                 log.critical("FATAL: writing a commit group failed (%s): stopping the server (fail-stop)", e)
                 self.failed = e
                 self._reset(group, e)
                 self._on_fatal(e)
                 return
+            self._writing = []
             self.durable_revision = max(self.durable_revision, *(c.revision for c in group))
             self._on_durable(group)
             for commit in group:
@@ -203,7 +222,7 @@ class Committer:
         self._failpoints[name] = f"{act}*{left - 1}"
         return True
 
-    def _write(self, group: list[PendingCommit]) -> None:
+    async def _write(self, group: list[PendingCommit]) -> None:
         if self._failpoint("commit.before_write", "error"):
             raise InjectedFault("failpoint commit.before_write")
         batch = self._store.new_batch()
@@ -220,7 +239,26 @@ class Committer:
         if self._failpoint("commit.fsync", "error"):
             raise OSError(5, "failpoint commit.fsync: fsync failed")
         started = time.perf_counter()
-        self._store.write(batch, sync=self._fsync)
+        if self._fsync and (len(group) > 1 or self._queue) and self._sync_off_loop:
+            # Under contention: write without sync (brief), then fsync the WAL on a thread.
+            # The synced write would hold the GIL for the whole fsync and stall gRPC and the
+            # loop; flush_wal releases it, so requests keep arriving and the next group fills.
+            # Until the sync returns, `flushing` holds back every read a client could see.
+            self._store.write(batch, sync=False)
+            flushing = self.flushing = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.get_running_loop().run_in_executor(self._syncer, self._store.sync_wal)
+            except BaseException as e:
+                flushing.set_exception(
+                    Unavailable("STORE_FAILED", "the store failed and the server is stopping; retry")
+                )
+                flushing.exception()  # retrieved: readers that never came must not warn
+                raise e
+            finally:
+                self.flushing = None
+            flushing.set_result(None)
+        else:
+            self._store.write(batch, sync=self._fsync)
         elapsed = time.perf_counter() - started
         if self._failpoint("commit.after_write", "crash"):
             import os

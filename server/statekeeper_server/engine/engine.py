@@ -176,6 +176,11 @@ class Engine:
                     del self._pending_requests[request_id]
         return response
 
+    async def durable_barrier(self) -> None:
+        """Wait until nothing in the store awaits its fsync. Call before any read whose
+        result leaves the server (an RPC answer, a task handed to a worker)."""
+        await self.committer.durable_barrier()
+
     async def write_unversioned(self, mutations: list[Mutation]) -> None:
         """Durably write bookkeeping that is not a change of state (e.g. a consumer's
         acknowledgements): no revision, no event, same group commit and fsync."""

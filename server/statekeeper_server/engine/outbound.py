@@ -197,6 +197,8 @@ class OutboundExecutor:
         try:
             while not self._closing:
                 stream.wake.clear()
+                # Never hand out a task whose creation is not yet durable.
+                await self.engine.durable_barrier()
                 batch, wake_at = self._take(stream)
                 if batch:
                     yield batch

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any
 
@@ -202,7 +202,10 @@ def generic_handler(
     observers: list[CallObserver],
     limit: ConcurrencyLimit | None = None,
     streams: StreamLimit | None = None,
+    barrier: Callable[[], Awaitable[None]] | None = None,
 ) -> grpc.GenericRpcHandler:
+    """`barrier` is awaited before each call runs, so no call reads what is written but not
+    yet fsynced (engine.durable_barrier)."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in descriptor.methods:
         impl = getattr(servicer, method.name)
@@ -219,13 +222,14 @@ def generic_handler(
                     has_request_id,
                     limit,
                     streams if method.name in StreamLimit.METHODS else None,
+                    barrier,
                 ),
                 request_deserializer=deserialize,
                 response_serializer=lambda m: m.SerializeToString(),
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(impl, full_name, observers, has_request_id, limit),
+                _wrap_unary(impl, full_name, observers, has_request_id, limit, barrier),
                 request_deserializer=deserialize,
                 response_serializer=lambda m: m.SerializeToString(),
             )
@@ -238,6 +242,7 @@ def _wrap_unary(
     observers: list[CallObserver],
     has_request_id: bool,
     limit: ConcurrencyLimit | None,
+    barrier: Callable[[], Awaitable[None]] | None = None,
 ) -> Callable[..., Any]:
     async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         started = time.perf_counter()
@@ -256,6 +261,8 @@ def _wrap_unary(
                 error = _malformed_error(request)
                 await abort(context, error)
             try:
+                if barrier is not None:
+                    await barrier()
                 return await impl(request, context)
             except DomainError as e:
                 error = e
@@ -280,6 +287,7 @@ def _wrap_stream(
     has_request_id: bool,
     limit: ConcurrencyLimit | None,
     streams: StreamLimit | None = None,
+    barrier: Callable[[], Awaitable[None]] | None = None,
 ) -> Callable[..., Any]:
     async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         started = time.perf_counter()
@@ -306,6 +314,8 @@ def _wrap_stream(
                 streams.open += 1
                 counted = True
             try:
+                if barrier is not None:
+                    await barrier()
                 async for item in impl(request, context):
                     yield item
             except DomainError as e:

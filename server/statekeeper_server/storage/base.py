@@ -70,6 +70,11 @@ class Store(Protocol):
         """Write the whole batch atomically; with sync, return only once it is on disk."""
         ...
 
+    def sync_wal(self) -> None:
+        """Make every write so far durable (fsync the write-ahead log). Blocking; safe to call
+        from another thread, and must not hold the GIL while it waits on the disk."""
+        ...
+
     def checkpoint(self, path: str) -> None:
         """A consistent copy of the whole store in a new folder."""
         ...
