@@ -133,6 +133,9 @@ def test_watch_ends_cleanly_on_ctrl_c(server: ServerProcess, client: sk.SyncClie
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A runner started in the background inherits SIGINT ignored, and Python then installs
+        # no Ctrl-C handler: give the CLI the terminal's default, as a user's shell would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert proc.stdout is not None
