@@ -365,7 +365,8 @@ def _run(args: argparse.Namespace) -> int:
             if args.json:
                 _print_json(node)
             else:
-                print(_table([[k, str(v)] for k, v in _jsonable(node).items()], ["field", "value"]))
+                rows = [[k, str(node.ref) if k == "ref" else str(v)] for k, v in _jsonable(node).items()]
+                print(_table(rows, ["field", "value"]))
         elif args.command == "tree":
             nodes = client.walk(Ref.parse(args.ref))
             _print_json(nodes) if args.json else _print_tree(nodes)

@@ -7,7 +7,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 import statekeeper as sk
-from statekeeper.v1 import common_pb2, machine_type_pb2, node_pb2
+from statekeeper.v1 import common_pb2, event_pb2, machine_type_pb2, node_pb2
 from tests.support import ServerProcess
 
 METHODS = [
@@ -175,3 +175,14 @@ def test_oversized_message_is_refused_not_internal(tmp_path: object) -> None:
                 client.get_node("x")
     finally:
         proc.terminate()
+
+
+def test_page_tokens_outside_the_alphabet_are_refused(client: sk.SyncClient) -> None:
+    for call, request in (
+        (client._events.ListConsumers, event_pb2.ListConsumersRequest(page_token="%%%")),  # type: ignore[attr-defined]
+        (client._types.ListMachineTypes, machine_type_pb2.ListMachineTypesRequest(page_token="a b")),  # type: ignore[attr-defined]
+    ):
+        with pytest.raises(grpc.RpcError) as e:
+            call(request, timeout=5)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        assert _reason(e.value)[0] == "INVALID_PAGE_TOKEN"

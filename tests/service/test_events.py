@@ -474,3 +474,36 @@ def test_retention_cap_bounds_only_what_consumers_hold_back(tmp_path: Path) -> N
         arun(main())
     finally:
         proc.terminate()
+
+
+def test_positions_beyond_the_current_revision_are_refused(client: sk.SyncClient, uid: str) -> None:
+    name = f"far-{uid}"
+    client.create_consumer(name, root_id=uid)
+    with pytest.raises(sk.OutOfRangeError) as e:
+        client.ack(name, up_to_revision=10**12)
+    assert e.value.reason == "REVISION_NOT_YET_COMMITTED"
+    with pytest.raises(sk.OutOfRangeError):
+        client.create_consumer(f"{name}-2", start="revision", start_revision=10**12)
+    client.create_root("order", uid)
+    # the refused ack skipped nothing: the consumer still gets the new event
+    (delivery,) = asyncio.run(_first_delivery(client, name))
+    assert delivery.event.kind == "node_created"
+
+
+async def _first_delivery(client: sk.SyncClient, name: str) -> list[sk.Delivery]:
+    address = client.channel._channel.target().decode()  # type: ignore[attr-defined]
+    async with await sk.Client.connect(address) as c:
+        return await take(c.subscribe(name), 1)
+
+
+def test_a_future_start_never_reports_progress_beyond_the_current_revision(server: ServerProcess) -> None:
+    async def main() -> None:
+        async with await sk.Client.connect(server.address) as c:
+            stub = event_pb2_grpc.EventServiceStub(c.channel)
+            call = stub.Watch(event_pb2.WatchRequest(start_revision=10**15, progress_interval_ms=100))
+            first = await asyncio.wait_for(call.read(), 5)
+            second = await asyncio.wait_for(call.read(), 5)
+            assert first.progress_revision < 10**15 and second.progress_revision < 10**15
+            call.cancel()
+
+    arun(main())

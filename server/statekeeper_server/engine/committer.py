@@ -82,6 +82,7 @@ class Committer:
         # Set while a written group's WAL is being synced: see durable_barrier().
         self.flushing: asyncio.Future[None] | None = None
         self._writing: list[PendingCommit] = []  # the group being written and synced
+        self._barrier_waiters = 0  # readers waiting for the current sync (durable_barrier)
         self._queue: deque[PendingCommit] = deque()
         self._wakeup = asyncio.Event()
         self._on_durable = on_durable
@@ -124,10 +125,20 @@ class Committer:
 
     async def durable_barrier(self) -> None:
         """Return once nothing written to the store is still waiting for its fsync, so what a
-        reader sees next is durable (guarantee 2). Free unless a group is being synced."""
+        reader sees next is durable (guarantee 2). Free unless a group is being synced.
+
+        The caller must read synchronously after this returns (no await in between). Waiters
+        are counted, and the committer lets every one of them run before it writes the next
+        unsynced group, so a woken reader cannot be overtaken by newer unsynced data.
+        """
         flushing = self.flushing
-        if flushing is not None:
+        if flushing is None:
+            return
+        self._barrier_waiters += 1
+        try:
             await asyncio.shield(flushing)
+        finally:
+            self._barrier_waiters -= 1
 
     async def stop(self) -> None:
         """Write what is queued, then stop."""
@@ -244,6 +255,9 @@ class Committer:
             # The synced write would hold the GIL for the whole fsync and stall gRPC and the
             # loop; flush_wal releases it, so requests keep arriving and the next group fills.
             # Until the sync returns, `flushing` holds back every read a client could see.
+            # Readers released by the previous sync must read before newer unsynced data lands.
+            while self._barrier_waiters:  # noqa: ASYNC110 - they resume within a turn or two
+                await asyncio.sleep(0)
             self._store.write(batch, sync=False)
             flushing = self.flushing = asyncio.get_running_loop().create_future()
             try:

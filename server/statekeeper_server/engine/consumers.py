@@ -225,9 +225,15 @@ class ConsumerManager:
                 state.redeliver.append(pos)
         state.wake.set()
 
-    def _deliver(self, state: ConsumerState, pos: EventPosition, event: Event, count: int) -> None:
+    def _deliver(
+        self, state: ConsumerState, pos: EventPosition, event: Event, count: int, idle_only: bool = False
+    ) -> None:
         subs = state.subscribers
         sub = subs[state.turn % len(subs)]
+        if idle_only:
+            sub = next(
+                s for i in range(len(subs)) if not (s := subs[(state.turn + i) % len(subs)]).queue.qsize()
+            )
         state.turn += 1
         deadline = time.monotonic() + state.record.ack_wait_ms / 1000
         state.in_flight[pos] = InFlight(event, count, deadline, sub)
@@ -242,11 +248,18 @@ class ConsumerManager:
                 if flight.subscriber is not None and flight.deadline <= now:
                     flight.subscriber = None
                     state.redeliver.append(pos)
+            if state.redeliver:
+                # Oldest first, once each: redeliveries keep the consumer's event order.
+                state.redeliver = deque(sorted(set(state.redeliver)))
             while state.redeliver and state.subscribers:
+                # Redeliver only to a subscriber that has drained its queue: a slow one must
+                # not pile up copies of the same events every ack wait (bounded memory).
+                if all(sub.queue.qsize() for sub in state.subscribers):
+                    break
                 pos = state.redeliver.popleft()
                 flight_ = state.in_flight.get(pos)
                 if flight_ is not None and flight_.subscriber is None:
-                    self._deliver(state, pos, flight_.event, flight_.count + 1)
+                    self._deliver(state, pos, flight_.event, flight_.count + 1, idle_only=True)
             room = record.max_unacked - len(state.in_flight)
             if room > 0:
                 try:

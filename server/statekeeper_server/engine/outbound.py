@@ -201,7 +201,15 @@ class OutboundExecutor:
                 await self.engine.durable_barrier()
                 batch, wake_at = self._take(stream)
                 if batch:
-                    yield batch
+                    try:
+                        yield batch
+                    except GeneratorExit:
+                        # The worker went away before this batch was sent: give the tasks back
+                        # without counting an attempt it never made.
+                        for leased in batch:
+                            with contextlib.suppress(Exception):
+                                self.release(leased.task.task_id, leased.token)
+                        raise
                     continue
                 timeout = None if wake_at is None else max(0.001, (wake_at - now_ms()) / 1000)
                 with contextlib.suppress(TimeoutError):
@@ -256,7 +264,7 @@ class OutboundExecutor:
         end = prefix + keys.u64(now + 1)
         start = state.cursor + b"\x00" if state.cursor is not None else prefix
         got = 0
-        view = self.engine.write_view
+        view = self.engine.reads  # hand-outs decide on durable state only
         for key, _ in self.store.scan(Keyspace.OUTBOUND_QUEUE, start, end):
             state.cursor = key
             tkey = task_key_of(key)
@@ -333,7 +341,8 @@ class OutboundExecutor:
         stale = False
         if raw is not None:
             task = codec.decode_task(raw)
-            stale = bool(stale_reason(task, self.engine.write_view.get_node(task.address)))
+            # Durable state only: this answer leaves the server (guarantee 2).
+            stale = bool(stale_reason(task, self.engine.reads.get_node(task.address)))
         return lease.expires_ms, stale
 
     def release(self, task_id: str, token: str) -> None:

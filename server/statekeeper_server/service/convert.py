@@ -190,7 +190,8 @@ def decode_token(token: str) -> bytes | None:
     if not token:
         return None
     try:
-        return base64.urlsafe_b64decode(token.encode())
+        # validate=True: anything but the URL-safe alphabet is refused, not silently skipped
+        return base64.b64decode(token.encode(), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError) as e:
         raise InvalidArgument(
             "INVALID_PAGE_TOKEN", "page_token is not a token this server issued", field="page_token"

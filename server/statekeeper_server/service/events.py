@@ -8,7 +8,7 @@ from typing import Any
 
 from statekeeper.v1 import common_pb2
 from statekeeper.v1 import event_pb2 as pb
-from statekeeper_server.domain.errors import InvalidArgument
+from statekeeper_server.domain.errors import InvalidArgument, OutOfRange
 from statekeeper_server.domain.events import EventFilter
 from statekeeper_server.domain.model import Event, EventKind
 from statekeeper_server.domain.validation import check_address, check_name, check_page_size
@@ -118,7 +118,7 @@ class EventServicer:
         try:
             # Tell the client at once where it stands, so it can resume precisely even if no
             # event arrives before a disconnect.
-            yield pb.WatchResponse(progress_revision=seen)
+            yield pb.WatchResponse(progress_revision=min(seen, hub.durable_revision))
             while True:
                 events = hub.read(cursor, batch)
                 if events:
@@ -128,13 +128,15 @@ class EventServicer:
                     # A short read reached the durable top; a full one may have stopped mid-revision.
                     seen = hub.durable_revision if len(events) < batch else last.revision - 1
                     if matching:
-                        yield pb.WatchResponse(events=matching, progress_revision=seen)
+                        yield pb.WatchResponse(
+                            events=matching, progress_revision=min(seen, hub.durable_revision)
+                        )
                     self.watches[watch] = seen
                     continue
                 seen = max(seen, hub.durable_revision)
                 self.watches[watch] = seen
                 if not await hub.wait(seen, progress_s):
-                    yield pb.WatchResponse(progress_revision=seen)
+                    yield pb.WatchResponse(progress_revision=min(seen, hub.durable_revision))
         finally:
             self.watches.pop(watch, None)
 
@@ -168,6 +170,14 @@ class EventServicer:
                     "FIELD_REQUIRED",
                     "start_revision must be at least 1 with CONSUMER_START_REVISION",
                     field="start_revision",
+                )
+            if request.start_revision > self.hub.durable_revision + 1:
+                raise OutOfRange(
+                    "REVISION_NOT_YET_COMMITTED",
+                    f"start_revision {request.start_revision} is beyond the next revision "
+                    f"{self.hub.durable_revision + 1}",
+                    field="start_revision",
+                    current_revision=self.hub.durable_revision,
                 )
             start = (request.start_revision, 0)
         elif request.start in (pb.CONSUMER_START_UNSPECIFIED, pb.CONSUMER_START_LATEST):
@@ -225,6 +235,8 @@ class EventServicer:
                 items = [item]
                 while not sub.queue.empty() and len(items) < DEFAULT_BATCH:
                     items.append(sub.queue.get_nowait())
+                if state.redeliver:
+                    state.wake.set()  # this subscriber drained its queue: it can take redeliveries
                 deliveries = [
                     pb.Delivery(event=event_pb(e), delivery_count=n)
                     for i in items
@@ -245,6 +257,13 @@ class EventServicer:
         if request.up_to_revision < 0:
             raise InvalidArgument(
                 "FIELD_INVALID", "up_to_revision must not be negative", field="up_to_revision"
+            )
+        if request.up_to_revision > self.hub.durable_revision:
+            raise OutOfRange(
+                "REVISION_NOT_YET_COMMITTED",
+                f"up_to_revision {request.up_to_revision} is beyond the current revision {self.hub.durable_revision}",
+                field="up_to_revision",
+                current_revision=self.hub.durable_revision,
             )
         positions = [(e.revision, e.index) for e in request.event_ids]
         acked = await self.consumers.ack(request.consumer, positions, request.up_to_revision)

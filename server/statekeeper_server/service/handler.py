@@ -10,6 +10,7 @@ every log record made during the call carries it (app/logs.py). Each call is log
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -177,7 +178,14 @@ def _finish(
                 "%s OK %.1f ms", name, elapsed * 1000, extra={"code": code, "duration_ms": elapsed * 1000}
             )
         return
-    level = logging.WARNING if code in _SERVER_SIDE_CODES else logging.INFO
+    # A client ending its own stream (watch --count, Ctrl-C) is routine: DEBUG, not INFO.
+    level = (
+        logging.WARNING
+        if code in _SERVER_SIDE_CODES
+        else logging.DEBUG
+        if code == "CANCELLED"
+        else logging.INFO
+    )
     if failure is not None and error is None and code == "UNKNOWN":
         log.error("%s failed unexpectedly", name, exc_info=failure, extra={"code": code})
         return
@@ -316,8 +324,11 @@ def _wrap_stream(
             try:
                 if barrier is not None:
                     await barrier()
-                async for item in impl(request, context):
-                    yield item
+                # aclosing: the servicer's own cleanup (unsubscribe, release) runs as soon as the
+                # call ends, not whenever the garbage collector finalises the generator.
+                async with contextlib.aclosing(impl(request, context)) as items:
+                    async for item in items:
+                        yield item
             except DomainError as e:
                 error = e
                 await abort(context, e)
