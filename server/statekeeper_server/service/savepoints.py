@@ -144,22 +144,31 @@ class SavepointServicer:
             response_codec=codec,
         )
 
-    async def SaveEntityStates(
-        self, request: pb.SaveEntityStatesRequest, context: Context
-    ) -> pb.SaveEntityStatesResponse:
-        saves = [EntitySave(s.run_id, s.entity_id, s.timestamp_ms, s.state) for s in request.saves]
-        rid, fp, codec = self._idempotency("SaveEntityStates", request, pb.SaveEntityStatesResponse)
+    async def _save(
+        self, method: str, request: Any, saves: list[EntitySave], field: str, response_cls: Any
+    ) -> Any:
+        """SaveEntityStates and AckProcessedTime: the same commit, answered alike."""
+        rid, fp, codec = self._idempotency(method, request, response_cls)
 
-        def respond(o: SaveOutcome, revision: int) -> pb.SaveEntityStatesResponse:
-            return pb.SaveEntityStatesResponse(
+        def respond(o: SaveOutcome, revision: int) -> Any:
+            return response_cls(
                 revision=revision if any(r.fill for r in o.results) else 0,
                 results=[_save_result(r) for r in o.results],
                 completed=_completed(o),
             )
 
         return await self.runs.save(
-            saves, respond, field="saves", request_id=rid, fingerprint=fp, response_codec=codec
+            saves, respond, field=field, request_id=rid, fingerprint=fp, response_codec=codec
         )
+
+    async def SaveEntityStates(
+        self, request: pb.SaveEntityStatesRequest, context: Context
+    ) -> pb.SaveEntityStatesResponse:
+        saves = [EntitySave(s.run_id, s.entity_id, s.timestamp_ms, s.state) for s in request.saves]
+        response: pb.SaveEntityStatesResponse = await self._save(
+            "SaveEntityStates", request, saves, "saves", pb.SaveEntityStatesResponse
+        )
+        return response
 
     async def UpdateEntityStates(
         self, request: pb.UpdateEntityStatesRequest, context: Context
@@ -171,18 +180,10 @@ class SavepointServicer:
         self, request: pb.AckProcessedTimeRequest, context: Context
     ) -> pb.AckProcessedTimeResponse:
         acks = [EntitySave(a.run_id, a.entity_id, a.processed_time_ms) for a in request.acks]
-        rid, fp, codec = self._idempotency("AckProcessedTime", request, pb.AckProcessedTimeResponse)
-
-        def respond(o: SaveOutcome, revision: int) -> pb.AckProcessedTimeResponse:
-            return pb.AckProcessedTimeResponse(
-                revision=revision if any(r.fill for r in o.results) else 0,
-                results=[_save_result(r) for r in o.results],
-                completed=_completed(o),
-            )
-
-        return await self.runs.save(
-            acks, respond, field="acks", request_id=rid, fingerprint=fp, response_codec=codec
+        response: pb.AckProcessedTimeResponse = await self._save(
+            "AckProcessedTime", request, acks, "acks", pb.AckProcessedTimeResponse
         )
+        return response
 
     async def LoadSavepoint(
         self, request: pb.LoadSavepointRequest, context: Context
