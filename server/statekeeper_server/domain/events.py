@@ -32,11 +32,3 @@ class EventFilter:
             if n and address.path[:n] != self.path_prefix:
                 return False
         return True
-
-    @property
-    def is_empty(self) -> bool:
-        return not (self.root_id or self.path_prefix or self.machine_types or self.kinds)
-
-
-def position(event: Event) -> EventPosition:
-    return (event.revision, event.index)

@@ -98,10 +98,6 @@ class Committer:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="committer")
 
-    @property
-    def last_pending(self) -> PendingCommit | None:
-        return self._queue[-1] if self._queue else None
-
     def enqueue(self, commit: PendingCommit) -> None:
         if self.failed is not None:
             raise Unavailable(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from statekeeper_server.domain.errors import InvalidArgument
-from statekeeper_server.domain.model import MachineType, NodeAddress, NodeRecord, TaskRecord
+from statekeeper_server.domain.model import MachineType, NodeAddress, NodeRecord
 from statekeeper_server.engine.catalog import TypeCatalog
 from statekeeper_server.engine.pending import PendingOverlay
 from statekeeper_server.storage import codec, keys
@@ -93,11 +93,6 @@ class ReadView:
             if len(out) >= limit:
                 break
         return out
-
-    def get_task(self, task_id: str) -> TaskRecord | None:
-        key = keys.task_key(task_id)
-        raw = self._store.get(Keyspace.TASKS, key) if key is not None else None
-        return codec.decode_task(raw) if raw is not None else None
 
     def list_nodes(
         self, type_name: str, terminal: bool | None, state: str | None, cursor: bytes | None, limit: int

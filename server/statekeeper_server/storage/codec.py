@@ -32,10 +32,6 @@ def _unpackb(raw: bytes) -> list:  # type: ignore[type-arg]
     return msgpack.unpackb(raw, raw=False, use_list=True, strict_map_key=False)  # type: ignore[no-any-return]
 
 
-def _path(address: NodeAddress) -> tuple[tuple[str, str], ...]:
-    return address.path  # msgpack writes tuples as arrays
-
-
 def _address(root: str, path: list[list[str]]) -> NodeAddress:
     return NodeAddress(root, tuple((t, i) for t, i in path))
 
@@ -120,7 +116,7 @@ def encode_task(t: TaskRecord) -> bytes:
             t.name,
             int(t.kind),
             t.address.root_id,
-            _path(t.address),
+            t.address.path,  # msgpack writes tuples as arrays
             t.node_create_revision,
             t.transition_count,
             t.emitted_by,
@@ -167,7 +163,7 @@ def encode_event(e: Event) -> bytes:
             int(e.kind),
             e.time_ms,
             a.root_id if a else None,
-            _path(a) if a else None,
+            a.path if a else None,
             e.node_type,
             e.from_state,
             e.to_state,

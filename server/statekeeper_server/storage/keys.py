@@ -63,10 +63,6 @@ def type_key(name: str, version: int) -> bytes:
     return name.encode() + b"\x00" + _U32.pack(version)
 
 
-def type_key_parts(key: bytes) -> tuple[str, int]:
-    return key[:-5].decode(), int(_U32.unpack(key[-4:])[0])
-
-
 def seq_key(revision: int, index: int) -> bytes:
     """Key of the index-th task or event of a revision."""
     return _U64_U32.pack(revision, index)
