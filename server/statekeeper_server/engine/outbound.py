@@ -465,21 +465,9 @@ class OutboundExecutor:
             return result
 
         def done(durable: bool) -> None:
-            if not settling:
-                return
-            lease, result = settling[0]
-            breaker = self._state(lease.destination).breaker
-            if not durable:
-                self._end_lease(lease, requeued=True)
-                breaker.released(task_id)
-            elif result.stale_reason:
-                self._end_lease(lease, requeued=False)
-                breaker.released(task_id)
-                self.stats.stale += 1
-            else:
-                self._end_lease(lease, requeued=False)
-                breaker.succeeded(task_id)
-                self.stats.completed += 1
+            if settling:
+                lease, result = settling[0]
+                self._settled(lease, durable, stale=bool(result.stale_reason))
 
         return await self._settle(
             build, respond, done, LEASE_REQUEST_PREFIX + token, fingerprint, response_codec
@@ -551,18 +539,32 @@ class OutboundExecutor:
         return Failure(new, available)
 
     def _failure_settled(self, lease: Lease, result: Failure, durable: bool) -> None:
+        status = result.task.status
+        self._settled(
+            lease, durable, stale=status is TaskStatus.STALE, failed=True, retry=status is TaskStatus.PENDING
+        )
+
+    def _settled(
+        self, lease: Lease, durable: bool, stale: bool, failed: bool = False, retry: bool = False
+    ) -> None:
+        """End a lease once its settling commit finished: not durable → the task is available
+        again; stale → dropped; else the breaker learns the outcome (failed, or succeeded)."""
         breaker = self._state(lease.destination).breaker
         if not durable:
             self._end_lease(lease, requeued=True)
             breaker.released(lease.task_id)
-        elif result.task.status is TaskStatus.STALE:
+        elif stale:
             self._end_lease(lease, requeued=False)
             breaker.released(lease.task_id)
             self.stats.stale += 1
-        else:
-            self._end_lease(lease, requeued=result.task.status is TaskStatus.PENDING)
+        elif failed:
+            self._end_lease(lease, requeued=retry)
             breaker.failed(lease.task_id, now_ms())
             self.stats.failed += 1
+        else:
+            self._end_lease(lease, requeued=False)
+            breaker.succeeded(lease.task_id)
+            self.stats.completed += 1
 
     # -- expiry and stale drops ----------------------------------------------------------------
 
