@@ -244,6 +244,63 @@ def generic_handler(
     return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
 
 
+class _CallState:
+    __slots__ = ("error",)
+
+    def __init__(self) -> None:
+        self.error: DomainError | None = None
+
+
+@contextlib.asynccontextmanager
+async def _call(
+    request: Any,
+    context: grpc.aio.ServicerContext[Any, Any],
+    name: str,
+    observers: list[CallObserver],
+    has_request_id: bool,
+    limit: ConcurrencyLimit | None,
+    barrier: Callable[[], Awaitable[None]] | None,
+    reset_context: bool,
+) -> AsyncIterator[_CallState]:
+    """What every call goes through, unary or streaming: load shedding, the request id in the
+    log context, the in-flight count, malformed requests refused, the durable barrier, domain
+    errors turned into rich statuses, and the observers and log told how it ended."""
+    started = time.perf_counter()
+    if limit is not None and limit.in_flight >= limit.limit:
+        await _shed(context, limit, name, started, observers)
+    rid = current_request_id.set(_request_id(request, context, has_request_id))
+    method = current_method.set(name)
+    call = _CallState()
+    failure: BaseException | None = None
+    if limit is not None:
+        limit.in_flight += 1
+    try:
+        if limit is not None and limit.delay_s:
+            await asyncio.sleep(limit.delay_s)
+        if isinstance(request, _Malformed):
+            call.error = _malformed_error(request)
+            await abort(context, call.error)
+        try:
+            if barrier is not None:
+                await barrier()
+            yield call
+        except DomainError as e:
+            call.error = e
+            await abort(context, e)
+    except BaseException as e:
+        failure = e
+        raise
+    finally:
+        if limit is not None:
+            limit.in_flight -= 1
+        _finish(name, context, started, call.error, failure, observers)
+        if reset_context:
+            # Streams skip this: an async generator may resume in another context, and the
+            # call's task ends with it anyway.
+            current_method.reset(method)
+            current_request_id.reset(rid)
+
+
 def _wrap_unary(
     impl: Callable[..., Any],
     name: str,
@@ -253,37 +310,8 @@ def _wrap_unary(
     barrier: Callable[[], Awaitable[None]] | None = None,
 ) -> Callable[..., Any]:
     async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        started = time.perf_counter()
-        if limit is not None and limit.in_flight >= limit.limit:
-            await _shed(context, limit, name, started, observers)
-        rid = current_request_id.set(_request_id(request, context, has_request_id))
-        method = current_method.set(name)
-        error: DomainError | None = None
-        failure: BaseException | None = None
-        if limit is not None:
-            limit.in_flight += 1
-        try:
-            if limit is not None and limit.delay_s:
-                await asyncio.sleep(limit.delay_s)
-            if isinstance(request, _Malformed):
-                error = _malformed_error(request)
-                await abort(context, error)
-            try:
-                if barrier is not None:
-                    await barrier()
-                return await impl(request, context)
-            except DomainError as e:
-                error = e
-                await abort(context, e)
-        except BaseException as e:
-            failure = e
-            raise
-        finally:
-            if limit is not None:
-                limit.in_flight -= 1
-            _finish(name, context, started, error, failure, observers)
-            current_method.reset(method)
-            current_request_id.reset(rid)
+        async with _call(request, context, name, observers, has_request_id, limit, barrier, True):
+            return await impl(request, context)
 
     return handle
 
@@ -298,50 +326,24 @@ def _wrap_stream(
     barrier: Callable[[], Awaitable[None]] | None = None,
 ) -> Callable[..., Any]:
     async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        started = time.perf_counter()
-        if limit is not None and limit.in_flight >= limit.limit:
-            await _shed(context, limit, name, started, observers)
-        # Not reset: an async generator may resume in another context; the call's task ends with it.
-        current_request_id.set(_request_id(request, context, has_request_id))
-        current_method.set(name)
-        error: DomainError | None = None
-        failure: BaseException | None = None
-        if limit is not None:
-            limit.in_flight += 1
-        counted = False
-        try:
-            if limit is not None and limit.delay_s:
-                await asyncio.sleep(limit.delay_s)
-            if isinstance(request, _Malformed):
-                error = _malformed_error(request)
-                await abort(context, error)
-            if streams is not None:
-                if streams.open >= streams.limit:
-                    error = streams.refusal()
-                    await abort(context, error)
-                streams.open += 1
-                counted = True
+        async with _call(request, context, name, observers, has_request_id, limit, barrier, False) as call:
+            counted = False
             try:
-                if barrier is not None:
-                    await barrier()
+                if streams is not None:
+                    if streams.open >= streams.limit:
+                        call.error = streams.refusal()
+                        await abort(context, call.error)
+                    streams.open += 1
+                    counted = True
                 # aclosing: the servicer's own cleanup (unsubscribe, release) runs as soon as the
                 # call ends, not whenever the garbage collector finalises the generator.
                 async with contextlib.aclosing(impl(request, context)) as items:
                     async for item in items:
                         yield item
-            except DomainError as e:
-                error = e
-                await abort(context, e)
-        except BaseException as e:
-            failure = e
-            raise
-        finally:
-            if counted:
-                assert streams is not None
-                streams.open -= 1
-            if limit is not None:
-                limit.in_flight -= 1
-            _finish(name, context, started, error, failure, observers)
+            finally:
+                if counted:
+                    assert streams is not None
+                    streams.open -= 1
 
     return handle
 
