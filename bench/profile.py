@@ -53,7 +53,7 @@ def collapsed_summary(path: Path, top: int = 25) -> tuple[str, int]:
 
 
 def _function(frame: str) -> str:
-    """'handle (statekeeper_server/service/handler.py:93)' -> 'handle (…/service/handler.py)'."""
+    """'handle (statekeeper_server/entrypoints/grpc/handler.py:93)' -> 'handle (…/entrypoints/grpc/handler.py)'."""
     name, _, where = frame.partition(" (")
     where = where.rstrip(")")
     file = where.rsplit(":", 1)[0]

@@ -1,9 +1,9 @@
 """The `statekeeper` CLI against a real server: watch and consumers.
 
 Where the other subcommands are exercised: types, get, tree, transition in tests/test_cli.py;
-tasks (list, get, dead-letters, retry, discard) in tests/service/test_tasks.py::test_cli_tasks;
-savepoints in tests/service/test_savepoints.py::test_cli_savepoints; backup in
-tests/service/test_savepoints.py::test_backup_and_restore.
+tasks (list, get, dead-letters, retry, discard) in tests/server/test_tasks.py::test_cli_tasks;
+savepoints in tests/server/test_savepoints.py::test_cli_savepoints; backup in
+tests/server/test_savepoints.py::test_backup_and_restore.
 """
 
 from __future__ import annotations

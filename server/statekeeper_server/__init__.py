@@ -1,11 +1,13 @@
 """statekeeper server: durable hierarchical state machines over gRPC.
 
-Layers (dependencies point inwards):
-    domain/   pure model and rules; no gRPC, protobuf or RocksDB
-    storage/  the durable store (RocksDB via rocksdict) and record encoding
-    engine/   the write path: pending overlay, group committer, durable read views
-    service/  thin gRPC servicers and the error-to-status table
-    app/      composition root: configuration, server, health, reflection, signals
+Layers, dependencies pointing inwards (tests/test_layers.py checks the rules):
+    domain/       pure model and rules; imports nothing of the server, no gRPC, SQL or RocksDB
+    storage/      the store interface (base.py), keys, record codec, indexes; one folder per
+                  backend (rocksdb/) that only app/ picks
+    core/         the commit core: Commit, the group committer, durable read views
+    features/     tasks/, events/, savepoints/: built on core/
+    entrypoints/  grpc/: the API's servicers (convert, call core and features, convert back)
+    app/          the composition root: configuration, the server, health, reflection, signals
 """
 
 __version__ = "0.1.0"

@@ -21,14 +21,14 @@ from statekeeper_server.domain.tasks import (
     stale_reason,
     with_status,
 )
-from statekeeper_server.engine.task_index import (
+from statekeeper_server.storage import codec, keys
+from statekeeper_server.storage.base import Keyspace
+from statekeeper_server.storage.indexes import (
     dead_letter_key,
     outbound_key,
     task_index_mutations,
     timer_key,
 )
-from statekeeper_server.storage import codec, keys
-from statekeeper_server.storage.base import Keyspace
 
 
 def _task(kind: TaskKind = TaskKind.OUTBOUND, **changes: object) -> TaskRecord:

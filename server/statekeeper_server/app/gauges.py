@@ -3,7 +3,7 @@ depth and timers pending. `instrument(server)` wires them (only when metrics are
 
 Nothing here scans the store per scrape. Pending timers and queued outbound tasks are counted
 by one key scan of their index keyspaces at start, then kept up to date from the mutations of
-every durable commit group: the task indexes (engine/task_index.py) put a key when a task
+every durable commit group: the task indexes (storage/indexes.py) put a key when a task
 becomes pending and delete it when it stops being so, so +1 per put and -1 per delete is exact.
 Consumer records go through the committer too, so the same listener sees consumers come and
 go. Stream counts and positions are read from memory at scrape time, on the metrics thread
@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from statekeeper_server.app import metrics
-from statekeeper_server.engine.committer import PendingCommit
-from statekeeper_server.engine.consumers import ConsumerManager
+from statekeeper_server.core.committer import PendingCommit
+from statekeeper_server.features.events.consumers import ConsumerManager
 from statekeeper_server.storage.base import Keyspace, Store
 
 if TYPE_CHECKING:

@@ -2,7 +2,7 @@
 
 Every record made while an RPC is being handled carries that call's `request_id`, `method`
 and, with authentication on, `principal` (the token's name) — taken from the context variables
-that service/handler.py sets for each call. A JSON line looks like
+that entrypoints/grpc/handler.py sets for each call. A JSON line looks like
 
     {"ts": "...", "level": "info", "logger": "statekeeper.rpc", "msg": "...",
      "request_id": "4f1c...", "method": "/statekeeper.v1.NodeService/GetNode", "code": "NOT_FOUND"}
@@ -15,7 +15,7 @@ import logging
 import sys
 import time
 
-from statekeeper_server.service.handler import current_method, current_principal, current_request_id
+from statekeeper_server.entrypoints.grpc.handler import current_method, current_principal, current_request_id
 
 _FIELDS = ("request_id", "method", "principal", "code", "reason", "duration_ms", "peer")
 

@@ -56,7 +56,7 @@ from prometheus_client import (
 
 if TYPE_CHECKING:
     from statekeeper_server.app.server import StatekeeperServer
-    from statekeeper_server.engine.committer import Committer, PendingCommit
+    from statekeeper_server.core.committer import Committer, PendingCommit
 
 log = logging.getLogger("statekeeper.metrics")
 

@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 
 from statekeeper_server.app.config import Config
-from statekeeper_server.service.auth import Permission, TokenTable
+from statekeeper_server.entrypoints.grpc.auth import Permission, TokenTable
 
 log = logging.getLogger("statekeeper.security")
 

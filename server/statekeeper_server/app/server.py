@@ -16,22 +16,27 @@ from grpc_reflection.v1alpha import reflection
 from statekeeper.v1 import admin_pb2, event_pb2, machine_type_pb2, node_pb2, savepoint_pb2, task_pb2
 from statekeeper_server.app import gauges, metrics, security
 from statekeeper_server.app.config import Config, task_settings
-from statekeeper_server.engine.consumers import ConsumerManager
-from statekeeper_server.engine.engine import Engine
-from statekeeper_server.engine.events import EventHub
-from statekeeper_server.engine.retention import EventCompactor, RetentionPolicy
-from statekeeper_server.engine.savepoints import Runs
-from statekeeper_server.engine.tasks import TaskExecutors
-from statekeeper_server.engine.tree_snapshots import TreeSnapshots
-from statekeeper_server.service.admin import AdminServicer
-from statekeeper_server.service.auth import AuthInterceptor
-from statekeeper_server.service.events import EventServicer
-from statekeeper_server.service.handler import CallObserver, ConcurrencyLimit, StreamLimit, generic_handler
-from statekeeper_server.service.machine_types import MachineTypeServicer
-from statekeeper_server.service.nodes import NodeServicer
-from statekeeper_server.service.savepoints import SavepointServicer
-from statekeeper_server.service.tasks import TaskServicer
-from statekeeper_server.storage.rocks import RocksStore
+from statekeeper_server.core.engine import Engine
+from statekeeper_server.entrypoints.grpc.admin import AdminServicer
+from statekeeper_server.entrypoints.grpc.auth import AuthInterceptor
+from statekeeper_server.entrypoints.grpc.events import EventServicer
+from statekeeper_server.entrypoints.grpc.handler import (
+    CallObserver,
+    ConcurrencyLimit,
+    StreamLimit,
+    generic_handler,
+)
+from statekeeper_server.entrypoints.grpc.machine_types import MachineTypeServicer
+from statekeeper_server.entrypoints.grpc.nodes import NodeServicer
+from statekeeper_server.entrypoints.grpc.savepoints import SavepointServicer
+from statekeeper_server.entrypoints.grpc.tasks import TaskServicer
+from statekeeper_server.features.events.consumers import ConsumerManager
+from statekeeper_server.features.events.hub import EventHub
+from statekeeper_server.features.events.retention import EventCompactor, RetentionPolicy
+from statekeeper_server.features.savepoints.runs import Runs
+from statekeeper_server.features.savepoints.tree_snapshots import TreeSnapshots
+from statekeeper_server.features.tasks.executors import TaskExecutors
+from statekeeper_server.storage.rocksdb import RocksStore
 
 log = logging.getLogger("statekeeper.server")
 
@@ -113,7 +118,7 @@ class StatekeeperServer:
                 ("grpc.so_reuseport", 0),
             ],
             # Not grpc's maximum_concurrent_rpcs: its bound drifts up with every refusal; the
-            # handlers count calls themselves (service/handler.py ConcurrencyLimit).
+            # handlers count calls themselves (entrypoints/grpc/handler.py ConcurrencyLimit).
             maximum_concurrent_rpcs=None,
             # No tokens configured: no interceptor at all (auth off, nothing on the hot path).
             interceptors=[AuthInterceptor(self.tokens, self.observers)] if len(self.tokens) else None,

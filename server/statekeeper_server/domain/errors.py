@@ -1,5 +1,5 @@
 """Domain errors. Each carries a stable machine-readable reason and metadata; the service layer
-maps the class to a gRPC status code in one table (service/errors.py)."""
+maps the class to a gRPC status code in one table (entrypoints/grpc/errors.py)."""
 
 from __future__ import annotations
 

@@ -1,2 +1,2 @@
-"""The durable store: a small interface (base.py), RocksDB behind it (rocks.py), and the
-encoding of keys (keys.py) and records (codec.py)."""
+"""The durable store: a small interface (base.py), the encoding of keys (keys.py), records
+(codec.py) and secondary indexes (indexes.py), and one folder per backend (rocksdb/)."""

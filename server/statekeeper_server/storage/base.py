@@ -20,7 +20,7 @@ class Keyspace(enum.Enum):
     REQUEST_EXPIRY = "request_expiry"
     # tasks: node key + task key -> b"" (every task of a node or subtree, by prefix)
     TASKS_BY_NODE = "tasks_by_node"
-    # tasks (executors): indexes kept by engine/task_index.py
+    # tasks (executors): indexes kept by storage/indexes.py
     TIMERS = "timers"
     OUTBOUND_QUEUE = "outbound_queue"
     DEAD_LETTERS = "dead_letters"

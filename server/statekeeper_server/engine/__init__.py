@@ -1,1 +1,0 @@
-"""The write path and durable reads: pending overlay, group committer, engine facade."""

@@ -1,0 +1,270 @@
+"""EventService: watch the event log, durable consumers, acknowledgements."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from statekeeper.v1 import common_pb2
+from statekeeper.v1 import event_pb2 as pb
+from statekeeper_server.core.engine import Engine
+from statekeeper_server.domain.errors import InvalidArgument, OutOfRange
+from statekeeper_server.domain.events import EventFilter
+from statekeeper_server.domain.model import Event, EventKind
+from statekeeper_server.domain.validation import check_address, check_name, check_page_size
+from statekeeper_server.entrypoints.grpc import convert
+from statekeeper_server.features.events.consumers import ConsumerManager, ConsumerState
+from statekeeper_server.features.events.hub import EventHub
+
+Context = Any
+
+DEFAULT_BATCH = 1000
+DEFAULT_PROGRESS_MS = 1000
+DEFAULT_ACK_WAIT_MS = 30_000
+DEFAULT_MAX_UNACKED = 1000
+HEARTBEAT_S = 1.0
+
+
+def event_pb(e: Event) -> pb.Event:
+    return pb.Event(
+        revision=e.revision,
+        index=e.index,
+        kind=int(e.kind),  # type: ignore[arg-type]
+        time_ms=e.time_ms,
+        node=convert.ref(e.address) if e.address is not None else None,
+        machine_type=e.node_type,
+        from_state=e.from_state,
+        to_state=e.to_state,
+        transition=e.transition,
+        transition_count=e.transition_count,
+        task_id=e.task_id,
+        detail=e.detail,
+    )
+
+
+def event_filter(f: pb.EventFilter, engine: Engine) -> EventFilter:
+    limits = engine.limits
+    if f.root_id:
+        check_address(
+            convert.address(common_pb2.NodeRef(root_id=f.root_id, path=f.path_prefix)), "filter", limits
+        )
+    elif len(f.path_prefix):
+        raise InvalidArgument(
+            "FIELD_REQUIRED", "filter.path_prefix needs filter.root_id", field="filter.root_id"
+        )
+    for i, name in enumerate(f.machine_types):
+        check_name(name, f"filter.machine_types[{i}]", limits)
+    kinds = set()
+    for i, k in enumerate(f.kinds):
+        try:
+            kinds.add(EventKind(k))
+        except ValueError:
+            raise InvalidArgument(
+                "FIELD_INVALID", f"filter.kinds[{i}] {k} is not a known EventKind", field=f"filter.kinds[{i}]"
+            ) from None
+    return EventFilter(
+        f.root_id, tuple((k.type, k.id) for k in f.path_prefix), frozenset(f.machine_types), frozenset(kinds)
+    )
+
+
+def filter_pb(f: EventFilter) -> pb.EventFilter:
+    return pb.EventFilter(
+        root_id=f.root_id,
+        path_prefix=[common_pb2.NodeKey(type=t, id=i) for t, i in f.path_prefix],
+        machine_types=sorted(f.machine_types),
+        kinds=sorted(int(k) for k in f.kinds),  # type: ignore[misc]
+    )
+
+
+class EventServicer:
+    def __init__(self, engine: Engine, hub: EventHub, consumers: ConsumerManager) -> None:
+        self.engine = engine
+        self.hub = hub
+        self.consumers = consumers
+        # Open Watch streams and the revision each has delivered up to (for the metrics).
+        self.watches: dict[object, int] = {}
+
+    def subscriber_count(self) -> int:
+        """Watch and Subscribe streams open now (safe to call from another thread)."""
+        return len(self.watches) + self.consumers.subscriber_count()
+
+    def max_subscriber_lag(self) -> int:
+        """The largest lag of an open stream: a watch's position, a subscribed consumer's
+        acknowledged revision, behind the durable revision (safe from another thread)."""
+        durable = self.hub.durable_revision
+        watching = max((durable - seen for seen in list(self.watches.values())), default=0)
+        return max(watching, self.consumers.max_subscribed_lag(), 0)
+
+    async def Watch(self, request: pb.WatchRequest, context: Context) -> AsyncIterator[pb.WatchResponse]:
+        flt = event_filter(request.filter, self.engine)
+        if (
+            request.start_revision < 0
+            or request.max_events_per_message < 0
+            or request.progress_interval_ms < 0
+        ):
+            raise InvalidArgument("FIELD_INVALID", "revisions, sizes and intervals must not be negative")
+        batch = min(request.max_events_per_message or DEFAULT_BATCH, 10_000)
+        progress_s = (request.progress_interval_ms or DEFAULT_PROGRESS_MS) / 1000
+        hub = self.hub
+        if request.start_revision:
+            hub.check_start(request.start_revision)
+            cursor = (request.start_revision, 0)
+        else:
+            cursor = (hub.durable_revision + 1, 0)
+        seen = cursor[0] - 1  # every event up to this revision was delivered or filtered out
+        watch = object()
+        self.watches[watch] = seen
+        try:
+            # Tell the client at once where it stands, so it can resume precisely even if no
+            # event arrives before a disconnect.
+            yield pb.WatchResponse(progress_revision=min(seen, hub.durable_revision))
+            while True:
+                events = hub.read(cursor, batch)
+                if events:
+                    last = events[-1]
+                    cursor = (last.revision, last.index + 1)
+                    matching = [event_pb(e) for e in events if flt.matches(e)]
+                    # A short read reached the durable top; a full one may have stopped mid-revision.
+                    seen = hub.durable_revision if len(events) < batch else last.revision - 1
+                    if matching:
+                        yield pb.WatchResponse(
+                            events=matching, progress_revision=min(seen, hub.durable_revision)
+                        )
+                    self.watches[watch] = seen
+                    continue
+                seen = max(seen, hub.durable_revision)
+                self.watches[watch] = seen
+                if not await hub.wait(seen, progress_s):
+                    yield pb.WatchResponse(progress_revision=min(seen, hub.durable_revision))
+        finally:
+            self.watches.pop(watch, None)
+
+    def _consumer_pb(self, state: ConsumerState) -> pb.Consumer:
+        r = state.record
+        acked = r.floor[0] if r.floor[1] == 2**31 - 1 else r.floor[0] - 1
+        return pb.Consumer(
+            name=r.name,
+            filter=filter_pb(r.filter),
+            ack_wait_ms=r.ack_wait_ms,
+            max_unacked=r.max_unacked,
+            acked_revision=max(acked, 0),
+            unacked_count=len(state.in_flight),
+            lag_revisions=max(0, self.hub.durable_revision - max(acked, 0)),
+            subscribers=len(state.subscribers),
+            create_revision=r.create_revision,
+        )
+
+    async def CreateConsumer(
+        self, request: pb.CreateConsumerRequest, context: Context
+    ) -> pb.CreateConsumerResponse:
+        check_name(request.name, "name", self.engine.limits)
+        flt = event_filter(request.filter, self.engine)
+        if request.ack_wait_ms < 0 or request.max_unacked < 0:
+            raise InvalidArgument("FIELD_INVALID", "ack_wait_ms and max_unacked must not be negative")
+        if request.start == pb.CONSUMER_START_EARLIEST:
+            start = (self.hub.oldest_revision, 0)
+        elif request.start == pb.CONSUMER_START_REVISION:
+            if request.start_revision < 1:
+                raise InvalidArgument(
+                    "FIELD_REQUIRED",
+                    "start_revision must be at least 1 with CONSUMER_START_REVISION",
+                    field="start_revision",
+                )
+            if request.start_revision > self.hub.durable_revision + 1:
+                raise OutOfRange(
+                    "REVISION_NOT_YET_COMMITTED",
+                    f"start_revision {request.start_revision} is beyond the next revision "
+                    f"{self.hub.durable_revision + 1}",
+                    field="start_revision",
+                    current_revision=self.hub.durable_revision,
+                )
+            start = (request.start_revision, 0)
+        elif request.start in (pb.CONSUMER_START_UNSPECIFIED, pb.CONSUMER_START_LATEST):
+            start = (self.hub.durable_revision + 1, 0)
+        else:
+            raise InvalidArgument(
+                "FIELD_INVALID", f"start {request.start} is not a known ConsumerStart", field="start"
+            )
+        state = await self.consumers.create(
+            request.name,
+            flt,
+            start,
+            request.ack_wait_ms or DEFAULT_ACK_WAIT_MS,
+            min(request.max_unacked or DEFAULT_MAX_UNACKED, 100_000),
+        )
+        return pb.CreateConsumerResponse(consumer=self._consumer_pb(state))
+
+    async def GetConsumer(self, request: pb.GetConsumerRequest, context: Context) -> pb.GetConsumerResponse:
+        check_name(request.name, "name", self.engine.limits)
+        return pb.GetConsumerResponse(consumer=self._consumer_pb(self.consumers.get(request.name)))
+
+    async def ListConsumers(
+        self, request: pb.ListConsumersRequest, context: Context
+    ) -> pb.ListConsumersResponse:
+        limit = check_page_size(request.page_size, self.engine.limits)
+        token = convert.decode_token(request.page_token)
+        names = [n for n in self.consumers.names() if token is None or n.encode() > token]
+        page = names[:limit]
+        next_token = convert.encode_token(page[-1].encode()) if len(names) > limit else ""
+        return pb.ListConsumersResponse(
+            consumers=[self._consumer_pb(self.consumers.get(n)) for n in page], next_page_token=next_token
+        )
+
+    async def DeleteConsumer(
+        self, request: pb.DeleteConsumerRequest, context: Context
+    ) -> pb.DeleteConsumerResponse:
+        check_name(request.name, "name", self.engine.limits)
+        await self.consumers.delete(request.name)
+        return pb.DeleteConsumerResponse()
+
+    async def Subscribe(
+        self, request: pb.SubscribeRequest, context: Context
+    ) -> AsyncIterator[pb.SubscribeResponse]:
+        check_name(request.consumer, "consumer", self.engine.limits)
+        state, sub = self.consumers.subscribe(request.consumer)
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(sub.queue.get(), HEARTBEAT_S)
+                except TimeoutError:
+                    # grpc only notices a vanished client when it writes: an empty message
+                    # every idle second returns a dead subscriber's deliveries promptly.
+                    yield pb.SubscribeResponse()
+                    continue
+                items = [item]
+                while not sub.queue.empty() and len(items) < DEFAULT_BATCH:
+                    items.append(sub.queue.get_nowait())
+                if state.redeliver:
+                    state.wake.set()  # this subscriber drained its queue: it can take redeliveries
+                deliveries = [
+                    pb.Delivery(event=event_pb(e), delivery_count=n)
+                    for i in items
+                    if i is not None
+                    for e, n in [i]
+                ]
+                if deliveries:
+                    yield pb.SubscribeResponse(deliveries=deliveries)
+                if None in items:
+                    if state.error is not None:
+                        raise state.error
+                    return  # the consumer was deleted
+        finally:
+            self.consumers.unsubscribe(state, sub)
+
+    async def Ack(self, request: pb.AckRequest, context: Context) -> pb.AckResponse:
+        check_name(request.consumer, "consumer", self.engine.limits)
+        if request.up_to_revision < 0:
+            raise InvalidArgument(
+                "FIELD_INVALID", "up_to_revision must not be negative", field="up_to_revision"
+            )
+        if request.up_to_revision > self.hub.durable_revision:
+            raise OutOfRange(
+                "REVISION_NOT_YET_COMMITTED",
+                f"up_to_revision {request.up_to_revision} is beyond the current revision {self.hub.durable_revision}",
+                field="up_to_revision",
+                current_revision=self.hub.durable_revision,
+            )
+        positions = [(e.revision, e.index) for e in request.event_ids]
+        acked = await self.consumers.ack(request.consumer, positions, request.up_to_revision)
+        return pb.AckResponse(acked_revision=max(acked, 0))

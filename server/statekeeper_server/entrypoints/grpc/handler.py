@@ -1,0 +1,362 @@
+"""Registers servicers method by method from the proto descriptors, so every RPC is wrapped the
+same way: a request that does not parse gets INVALID_ARGUMENT (never INTERNAL), domain errors
+become rich statuses, and observers (metrics) see every call.
+
+Each call gets a request id — the request's own `request_id` field if set, else the incoming
+`x-request-id` metadata, else a generated one — kept in a context variable for the call, so
+every log record made during the call carries it (app/logs.py). Each call is logged at DEBUG
+(method, code, duration); client errors at INFO, server-side failures at WARNING."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
+from typing import Any
+
+import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import Message
+
+from statekeeper_server.domain.errors import DomainError, InvalidArgument, ResourceExhausted
+from statekeeper_server.entrypoints.grpc.errors import rich_status
+
+log = logging.getLogger("statekeeper.rpc")
+
+CallObserver = Callable[[str, str, float], None]
+"""(full method name, status code name, seconds)."""
+
+
+class _Malformed:
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _deserializer(cls: type[Message]) -> Callable[[bytes], Message | _Malformed]:
+    parse = cls.FromString
+
+    def deserialize(raw: bytes) -> Message | _Malformed:
+        try:
+            return parse(raw)
+        except Exception as e:  # DecodeError, invalid UTF-8 in a string field, ...
+            return _Malformed(str(e) or type(e).__name__)
+
+    return deserialize
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], error: DomainError) -> None:
+    code, message, details = rich_status(error)
+    await context.abort(code, message, trailing_metadata=(("grpc-status-details-bin", details),))
+
+
+def _malformed_error(request: _Malformed) -> InvalidArgument:
+    return InvalidArgument("MALFORMED_REQUEST", f"the request could not be parsed: {request.error}")
+
+
+def _code_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    code = context.code()
+    if code is None:
+        return "OK"
+    return code.name if isinstance(code, grpc.StatusCode) else str(code)
+
+
+class ConcurrencyLimit:
+    """At most `limit` calls in flight; more are refused at once with RESOURCE_EXHAUSTED
+    (reason TOO_MANY_CONCURRENT_RPCS, metadata limit=max_concurrent_rpcs), so overload sheds
+    load instead of queueing without bound. Health and reflection are not counted.
+
+    The server counts calls itself because grpc.aio's own maximum_concurrent_rpcs (grpcio
+    1.75) lets its bound drift: every refused call also lowers its in-flight count, so each
+    refusal raises the effective limit by one and sustained overload ends with no bound at all.
+    """
+
+    def __init__(self, limit: int, delay_s: float = 0.0) -> None:
+        self.limit = limit
+        # Failpoint rpc.delay=SECONDS (tests only): each counted call first waits this long, as
+        # a slow call would, so tests can fill the server with calls in flight.
+        self.delay_s = delay_s
+        self.in_flight = 0
+        self.refused = 0
+        self._reported = 0
+        self._last_report = 0.0
+
+    def refusal(self) -> ResourceExhausted:
+        self.refused += 1
+        now = time.monotonic()
+        if now - self._last_report >= 10.0:  # one warning per 10 s, not one per refusal
+            log.warning(
+                "shedding load: %d calls refused (more than %d in flight)",
+                self.refused - self._reported,
+                self.limit,
+            )
+            self._reported, self._last_report = self.refused, now
+        return ResourceExhausted(
+            "TOO_MANY_CONCURRENT_RPCS",
+            f"the server has {self.limit} calls in flight, its limit; retry with backoff",
+            limit="max_concurrent_rpcs",
+            max_concurrent_rpcs=self.limit,
+        )
+
+
+class StreamLimit:
+    """At most `limit` long-lived streams (Watch, Subscribe, LeaseTasks) open at once on the
+    server; one more is refused with RESOURCE_EXHAUSTED (reason TOO_MANY_SUBSCRIBERS, metadata
+    limit=max_subscribers). Each such stream holds memory (queues, deliveries awaiting an ack,
+    leases) for as long as its client keeps it open. LoadSavepoint streams end by themselves
+    and are not counted."""
+
+    METHODS = frozenset({"Watch", "Subscribe", "LeaseTasks"})
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+
+    def refusal(self) -> ResourceExhausted:
+        return ResourceExhausted(
+            "TOO_MANY_SUBSCRIBERS",
+            f"the server has {self.limit} streams open (Watch, Subscribe, LeaseTasks), its limit; "
+            "close one or retry later",
+            limit="max_subscribers",
+            max_subscribers=self.limit,
+        )
+
+
+# -- the call context: what logs made during a call are tagged with -----------------------------
+
+current_request_id: ContextVar[str] = ContextVar("statekeeper_request_id", default="")
+current_method: ContextVar[str] = ContextVar("statekeeper_method", default="")
+current_principal: ContextVar[str] = ContextVar("statekeeper_principal", default="")
+"""The name of the token the call was authenticated with (set by entrypoints/grpc/auth.py)."""
+
+REQUEST_ID_HEADER = "x-request-id"
+_MAX_REQUEST_ID = 128
+
+
+def _request_id(request: Any, context: grpc.aio.ServicerContext[Any, Any], has_field: bool) -> str:
+    """The request's own request_id field, else the x-request-id header, else a new id."""
+    if has_field and not isinstance(request, _Malformed):
+        value = getattr(request, "request_id", "")
+        if value:
+            return str(value)[:_MAX_REQUEST_ID]
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER and value:
+            text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+            return text[:_MAX_REQUEST_ID]
+    return secrets.token_hex(8)
+
+
+_SERVER_SIDE_CODES = frozenset({"UNAVAILABLE", "INTERNAL", "UNKNOWN", "DATA_LOSS"})
+
+
+def _finish(
+    name: str,
+    context: grpc.aio.ServicerContext[Any, Any],
+    started: float,
+    error: DomainError | None,
+    failure: BaseException | None,
+    observers: list[CallObserver],
+) -> None:
+    """Report one finished call to the observers and the log (DEBUG when OK)."""
+    elapsed = time.perf_counter() - started
+    if failure is not None and context.code() is None:
+        # A stream the client left is cancelled or closed (GeneratorExit): not a failure.
+        code = "CANCELLED" if isinstance(failure, (asyncio.CancelledError, GeneratorExit)) else "UNKNOWN"
+    else:
+        code = _code_of(context)
+    for observe in observers:
+        observe(name, code, elapsed)
+    if code == "OK":
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s OK %.1f ms", name, elapsed * 1000, extra={"code": code, "duration_ms": elapsed * 1000}
+            )
+        return
+    # A client ending its own stream (watch --count, Ctrl-C) is routine: DEBUG, not INFO.
+    level = (
+        logging.WARNING
+        if code in _SERVER_SIDE_CODES
+        else logging.DEBUG
+        if code == "CANCELLED"
+        else logging.INFO
+    )
+    if failure is not None and error is None and code == "UNKNOWN":
+        log.error("%s failed unexpectedly", name, exc_info=failure, extra={"code": code})
+        return
+    if log.isEnabledFor(level):
+        reason = error.reason if error is not None else ""
+        message = error.message if error is not None else ""
+        log.log(
+            level,
+            "%s %s %s %.1f ms%s",
+            name,
+            code,
+            reason,
+            elapsed * 1000,
+            f": {message}" if message else "",
+            extra={"code": code, "reason": reason, "duration_ms": elapsed * 1000},
+        )
+
+
+def generic_handler(
+    descriptor: ServiceDescriptor,
+    servicer: object,
+    observers: list[CallObserver],
+    limit: ConcurrencyLimit | None = None,
+    streams: StreamLimit | None = None,
+    barrier: Callable[[], Awaitable[None]] | None = None,
+) -> grpc.GenericRpcHandler:
+    """`barrier` is awaited before each call runs, so no call reads what is written but not
+    yet fsynced (engine.durable_barrier)."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in descriptor.methods:
+        impl = getattr(servicer, method.name)
+        request_cls = message_factory.GetMessageClass(method.input_type)
+        full_name = f"/{descriptor.full_name}/{method.name}"
+        deserialize = _deserializer(request_cls)
+        has_request_id = "request_id" in method.input_type.fields_by_name
+        if method.server_streaming:
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(
+                    impl,
+                    full_name,
+                    observers,
+                    has_request_id,
+                    limit,
+                    streams if method.name in StreamLimit.METHODS else None,
+                    barrier,
+                ),
+                request_deserializer=deserialize,
+                response_serializer=lambda m: m.SerializeToString(),
+            )
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(impl, full_name, observers, has_request_id, limit, barrier),
+                request_deserializer=deserialize,
+                response_serializer=lambda m: m.SerializeToString(),
+            )
+    return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
+
+
+class _CallState:
+    __slots__ = ("error",)
+
+    def __init__(self) -> None:
+        self.error: DomainError | None = None
+
+
+@contextlib.asynccontextmanager
+async def _call(
+    request: Any,
+    context: grpc.aio.ServicerContext[Any, Any],
+    name: str,
+    observers: list[CallObserver],
+    has_request_id: bool,
+    limit: ConcurrencyLimit | None,
+    barrier: Callable[[], Awaitable[None]] | None,
+    reset_context: bool,
+) -> AsyncIterator[_CallState]:
+    """What every call goes through, unary or streaming: load shedding, the request id in the
+    log context, the in-flight count, malformed requests refused, the durable barrier, domain
+    errors turned into rich statuses, and the observers and log told how it ended."""
+    started = time.perf_counter()
+    if limit is not None and limit.in_flight >= limit.limit:
+        await _shed(context, limit, name, started, observers)
+    rid = current_request_id.set(_request_id(request, context, has_request_id))
+    method = current_method.set(name)
+    call = _CallState()
+    failure: BaseException | None = None
+    if limit is not None:
+        limit.in_flight += 1
+    try:
+        if limit is not None and limit.delay_s:
+            await asyncio.sleep(limit.delay_s)
+        if isinstance(request, _Malformed):
+            call.error = _malformed_error(request)
+            await abort(context, call.error)
+        try:
+            if barrier is not None:
+                await barrier()
+            yield call
+        except DomainError as e:
+            call.error = e
+            await abort(context, e)
+    except BaseException as e:
+        failure = e
+        raise
+    finally:
+        if limit is not None:
+            limit.in_flight -= 1
+        _finish(name, context, started, call.error, failure, observers)
+        if reset_context:
+            # Streams skip this: an async generator may resume in another context, and the
+            # call's task ends with it anyway.
+            current_method.reset(method)
+            current_request_id.reset(rid)
+
+
+def _wrap_unary(
+    impl: Callable[..., Any],
+    name: str,
+    observers: list[CallObserver],
+    has_request_id: bool,
+    limit: ConcurrencyLimit | None,
+    barrier: Callable[[], Awaitable[None]] | None = None,
+) -> Callable[..., Any]:
+    async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async with _call(request, context, name, observers, has_request_id, limit, barrier, True):
+            return await impl(request, context)
+
+    return handle
+
+
+def _wrap_stream(
+    impl: Callable[..., Any],
+    name: str,
+    observers: list[CallObserver],
+    has_request_id: bool,
+    limit: ConcurrencyLimit | None,
+    streams: StreamLimit | None = None,
+    barrier: Callable[[], Awaitable[None]] | None = None,
+) -> Callable[..., Any]:
+    async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        async with _call(request, context, name, observers, has_request_id, limit, barrier, False) as call:
+            counted = False
+            try:
+                if streams is not None:
+                    if streams.open >= streams.limit:
+                        call.error = streams.refusal()
+                        await abort(context, call.error)
+                    streams.open += 1
+                    counted = True
+                # aclosing: the servicer's own cleanup (unsubscribe, release) runs as soon as the
+                # call ends, not whenever the garbage collector finalises the generator.
+                async with contextlib.aclosing(impl(request, context)) as items:
+                    async for item in items:
+                        yield item
+            finally:
+                if counted:
+                    assert streams is not None
+                    streams.open -= 1
+
+    return handle
+
+
+async def _shed(
+    context: grpc.aio.ServicerContext[Any, Any],
+    limit: ConcurrencyLimit,
+    name: str,
+    started: float,
+    observers: list[CallObserver],
+) -> None:
+    """Refuse a call over the limit: cheap, counted by the observers, logged in summary only."""
+    elapsed = time.perf_counter() - started
+    for observe in observers:
+        observe(name, "RESOURCE_EXHAUSTED", elapsed)
+    await abort(context, limit.refusal())

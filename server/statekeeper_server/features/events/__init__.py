@@ -1,0 +1,1 @@
+"""The event stream: the hub readers wait on, named durable consumers, retention."""

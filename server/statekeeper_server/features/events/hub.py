@@ -1,0 +1,119 @@
+"""The event hub: what watchers and consumers read, and how they learn there is more.
+
+Events reach readers from a bounded in-memory window of the newest durable events, or from
+the store when a reader is further behind (a lagging reader catches up from storage; memory
+is bounded by the window, not by the number or slowness of readers). Readers never hold up a
+commit: the committer only appends to the window and wakes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import time
+
+from statekeeper_server.core.committer import PendingCommit
+from statekeeper_server.domain.errors import OutOfRange
+from statekeeper_server.domain.model import Event
+from statekeeper_server.storage import codec, keys
+from statekeeper_server.storage.base import Keyspace, Store
+
+log = logging.getLogger("statekeeper.events")
+
+META_COMPACTED = b"events_compacted_revision"
+
+Position = tuple[int, int]
+
+
+class EventHub:
+    def __init__(self, store: Store, durable_revision: int, window: int = 65_536) -> None:
+        self._store = store
+        self.durable_revision = durable_revision
+        self._window = window
+        self._events: list[Event] = []
+        self._positions: list[Position] = []
+        self._waiter: asyncio.Future[None] | None = None
+        raw = store.get(Keyspace.META, META_COMPACTED)
+        # Events with a revision below this are gone.
+        self.oldest_revision = (keys.read_u64(raw) if raw is not None else 0) + 1
+
+    # -- fed by the engine -------------------------------------------------------------------
+
+    def on_durable(self, group: list[PendingCommit]) -> None:
+        events, positions = self._events, self._positions
+        top = self.durable_revision
+        for commit in group:
+            if commit.revision:
+                top = commit.revision
+                for e in commit.events:
+                    events.append(e)
+                    positions.append((e.revision, e.index))
+        self.durable_revision = top
+        if len(events) > 2 * self._window:
+            del events[: len(events) - self._window]
+            del positions[: len(positions) - self._window]
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- used by readers ---------------------------------------------------------------------
+
+    async def wait(self, after_revision: int, timeout: float) -> bool:
+        """Wait until a revision beyond after_revision is durable; False on timeout."""
+        if self.durable_revision > after_revision:
+            return True
+        if self._waiter is None or self._waiter.done():
+            self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._waiter), timeout)
+        except TimeoutError:
+            return False
+        return self.durable_revision > after_revision
+
+    def check_start(self, revision: int) -> None:
+        if revision < self.oldest_revision:
+            raise OutOfRange(
+                "REVISION_COMPACTED",
+                f"revision {revision} was compacted; the oldest revision still available is {self.oldest_revision}",
+                oldest_revision=self.oldest_revision,
+                requested_revision=revision,
+            )
+
+    def read(self, start: Position, limit: int) -> list[Event]:
+        """Up to limit durable events at or after start, in order."""
+        positions = self._positions
+        if positions and start >= positions[0]:
+            i = bisect.bisect_left(positions, start)
+            return self._events[i : i + limit]
+        if start[0] < self.oldest_revision:
+            self.check_start(start[0])
+        out = []
+        end = keys.seq_key(self.durable_revision + 1, 0)
+        for key, raw in self._store.scan(Keyspace.EVENTS, keys.seq_key(*start), end):
+            revision, index = keys.seq_key_parts(key)
+            out.append(codec.decode_event(revision, index, raw))
+            if len(out) >= limit:
+                break
+        return out
+
+    # -- retention ---------------------------------------------------------------------------
+
+    def compact(self, below_revision: int) -> int:
+        """Delete every event with a revision below below_revision (housekeeping: no revision)."""
+        if below_revision <= self.oldest_revision:
+            return 0
+        started = time.perf_counter()
+        batch = self._store.new_batch()
+        batch.delete_range(Keyspace.EVENTS, keys.seq_key(0, 0), keys.seq_key(below_revision, 0))
+        batch.put(Keyspace.META, META_COMPACTED, keys.u64(below_revision - 1))
+        self._store.write(batch, sync=False)
+        removed = below_revision - self.oldest_revision
+        self.oldest_revision = below_revision
+        log.info(
+            "compacted events below revision %d (%d revisions) in %.1f ms",
+            below_revision,
+            removed,
+            (time.perf_counter() - started) * 1000,
+        )
+        return removed

@@ -1,0 +1,84 @@
+"""Event retention: keep what a durable consumer still needs, and beyond that the newest
+`keep_revisions` revisions and anything younger than `keep_age_s`; a hard cap bounds what
+consumers may hold back. Compaction runs in the background and never blocks commits."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from statekeeper_server.features.events.consumers import ConsumerManager
+from statekeeper_server.features.events.hub import EventHub
+from statekeeper_server.storage import keys
+from statekeeper_server.storage.base import Keyspace, Store
+
+log = logging.getLogger("statekeeper.retention")
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    keep_revisions: int = 1_000_000
+    keep_age_s: float = 0.0
+    max_revisions: int = 0  # hard cap; 0 = consumers may hold back history without limit
+    interval_s: float = 30.0
+
+
+class EventCompactor:
+    def __init__(
+        self, store: Store, hub: EventHub, consumers: ConsumerManager, policy: RetentionPolicy
+    ) -> None:
+        self._store = store
+        self._hub = hub
+        self._consumers = consumers
+        self.policy = policy
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="event-compactor")
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.policy.interval_s)
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("event compaction failed; will retry")
+
+    def target(self) -> int:
+        """The revision below which events may be deleted now."""
+        p, hub = self.policy, self._hub
+        durable = hub.durable_revision
+        keep_from = durable - p.keep_revisions + 1
+        if p.keep_age_s > 0:
+            cutoff_ms = int((time.time() - p.keep_age_s) * 1000)
+            young = self._first_revision_at_or_after(cutoff_ms)
+            keep_from = min(keep_from, young if young is not None else durable + 1)
+        needed = self._consumers.retention_floor()
+        if needed is not None:
+            if p.max_revisions:
+                # The cap bounds only what consumers may hold back, not the count/age rules.
+                needed = max(needed, durable - p.max_revisions + 1)
+            keep_from = min(keep_from, needed)
+        return min(keep_from, durable + 1)
+
+    def run_once(self) -> int:
+        removed = self._hub.compact(self.target())
+        if removed:
+            self._consumers.mark_behind(self._hub.oldest_revision)
+        return removed
+
+    def _first_revision_at_or_after(self, time_ms: int) -> int | None:
+        # Events are in commit order, and commit times only grow (one clock, one committer).
+        from statekeeper_server.storage import codec
+
+        for key, raw in self._store.scan(Keyspace.EVENTS, keys.seq_key(self._hub.oldest_revision, 0)):
+            revision, index = keys.seq_key_parts(key)
+            if codec.decode_event(revision, index, raw).time_ms >= time_ms:
+                return revision
+        return None

@@ -1,0 +1,1 @@
+"""Runbox runs and their savepoints; tree snapshots."""
