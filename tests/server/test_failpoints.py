@@ -159,7 +159,10 @@ def test_before_write_error_under_concurrency_each_call_all_or_nothing(tmp_path:
         assert proc.terminate() == 0
 
 
-def test_fsync_failure_stops_the_server_and_a_restart_recovers_a_consistent_store(tmp_path: Path) -> None:
+def test_fsync_failure_stops_the_server_and_a_retry_settles_the_unknown_outcome(tmp_path: Path) -> None:
+    """The failpoint fires after the group was written unsynced, as a real failing fsync would:
+    the write sits in the memtable and the WAL and may be there after a restart. The caller is
+    told the outcome is unknown; the retry with its request_id settles it: applied exactly once."""
     data = tmp_path / "data"
     a, top = _prepare(data)
     proc = ServerProcess(data, "--failpoints", "commit.fsync=error").start()
@@ -167,27 +170,68 @@ def test_fsync_failure_stops_the_server_and_a_restart_recovers_a_consistent_stor
         assert c.get_node("a") == a  # reads are served until a write fails
         with pytest.raises(sk.UnavailableError) as e:
             c.transition("a", "touch", b"lost", request_id="rid-1")
-        assert e.value.reason == "COMMIT_FAILED", e.value
+        assert e.value.reason == "COMMIT_OUTCOME_UNKNOWN", e.value
+        assert "retry with the same request_id" in e.value.message
     # Fail-stop: the process ends by itself, non-zero, saying why.
     code = _exited(proc)
     assert code != 0
     fatal = [r for r in _log_records(proc) if "fail-stop" in str(r.get("msg", ""))]
     assert fatal, proc.log()
-    assert str(fatal[0]["level"]).upper() == "CRITICAL" and "fsync" in str(fatal[0]["msg"])
-    # Restart without the failpoint: the failed write is absent, the acknowledged ones present,
-    # and revisions continue right after the last acknowledged one.
+    assert str(fatal[0]["level"]).upper() == "CRITICAL" and "syncing" in str(fatal[0]["msg"])
+    assert "Traceback" not in proc.log()
     proc = ServerProcess(data).start()
     try:
         with sk.SyncClient.connect(proc.address) as c:
-            assert c.get_node("a") == a
-            assert c.get_node("b").transition_count == 0
             retried = c.transition("a", "touch", b"lost", request_id="rid-1")
             assert retried.revision == top + 1
             assert retried.node.transition_count == a.transition_count + 1
-            assert c.get_node("a").data == b"lost"
+            node = c.get_node("a")
+            assert (node.transition_count, node.data) == (a.transition_count + 1, b"lost")
+            assert c.get_node("b").transition_count == 0
+            assert c.transition("a", "touch").revision == top + 2
         assert proc.health() == 1
     finally:
         assert proc.terminate() == 0
+
+
+def test_after_a_failed_fsync_nothing_is_served_not_even_the_unsynced_write(tmp_path: Path) -> None:
+    """Regression (issue 11, item 2): after the sync failed, the unsynced group was readable and
+    a retry of the failed request answered OK. Now every call is refused until the process is
+    gone: no read returns the unsynced data, no retry answers OK."""
+    data = tmp_path / "data"
+    _prepare(data)
+    proc = ServerProcess(data, "--failpoints", "commit.fsync=error").start()
+    seen: list[str] = []
+
+    async def main() -> None:
+        async with await sk.Client.connect(proc.address, timeout=5.0) as c:
+            failing = asyncio.ensure_future(c.transition("a", "touch", b"lost", request_id="rid-1"))
+
+            async def probe() -> None:
+                while not failing.done() or len(seen) < 200:
+                    try:
+                        node = await c.get_node("a")
+                        seen.append(f"read {node.data!r}")
+                    except sk.StatekeeperError as e:
+                        seen.append(f"read refused {e.reason or e.code.name}")
+                        if failing.done():
+                            break
+                    try:
+                        r = await c.transition("a", "touch", b"lost", request_id="rid-1")
+                        seen.append(f"retry OK {r.revision}")
+                    except sk.StatekeeperError as e:
+                        seen.append(f"retry refused {e.reason or e.code.name}")
+                        if failing.done():
+                            break
+
+            await asyncio.gather(probe(), return_exceptions=True)
+            with pytest.raises(sk.UnavailableError) as e:
+                await failing
+            assert e.value.reason == "COMMIT_OUTCOME_UNKNOWN"
+
+    asyncio.run(main())
+    assert _exited(proc) != 0
+    assert not [s for s in seen if "lost" in s or s.startswith("retry OK")], seen
 
 
 def test_fsync_failure_fails_every_queued_call_and_refuses_new_ones(tmp_path: Path) -> None:
@@ -204,16 +248,20 @@ def test_fsync_failure_fails_every_queued_call_and_refuses_new_ones(tmp_path: Pa
 
     outcomes = asyncio.run(main())
     for o in outcomes:
-        # The write that failed and those queued behind it: COMMIT_FAILED; calls that reached
-        # the server after the failure: STORE_FAILED. None is cut off with CANCELLED.
+        # The group whose sync failed: outcome unknown; built or queued behind it: not
+        # applied; reaching the server after the failure: refused. None is cut off (CANCELLED).
         assert isinstance(o, sk.UnavailableError), o
-        assert o.reason in ("COMMIT_FAILED", "STORE_FAILED"), o
+        assert o.reason in ("COMMIT_OUTCOME_UNKNOWN", "COMMIT_FAILED", "STORE_FAILED"), o
+    assert any(o.reason == "COMMIT_OUTCOME_UNKNOWN" for o in outcomes if isinstance(o, sk.UnavailableError))
     assert _exited(proc) != 0
     proc = ServerProcess(data).start()
     try:
         with sk.SyncClient.connect(proc.address) as c:
-            assert c.get_node("a") == a
-            assert c.create_root("order", "c").create_revision == top + 1
+            # Whatever reappeared, retrying every request_id applies each exactly once.
+            revisions = {c.transition("a", "touch", request_id=f"rid-{i}").revision for i in range(8)}
+            assert len(revisions) == 8
+            assert c.get_node("a").transition_count == a.transition_count + 8
+            assert c.create_root("order", "c").create_revision == top + 9
     finally:
         assert proc.terminate() == 0
 
@@ -261,3 +309,37 @@ def test_crash_after_write_keeps_the_durable_write_and_a_retry_replays_it(tmp_pa
 def test_a_bad_failpoint_count_is_refused_at_start(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="count after"):
         ServerProcess(tmp_path / "data", "--failpoints", "commit.before_write=error*x").start()
+
+
+def test_a_retry_after_the_first_attempt_timed_out_while_queued_applies_once(tmp_path: Path) -> None:
+    """Regression (issue 11, item 1): when the first attempt's call was cancelled (its deadline
+    passed) while its commit was still queued behind a slow sync, the retry with the same
+    request_id built and committed the transition again (transition count +2). The first
+    attempt's commit stays queued whatever happens to its caller; the retry returns its outcome."""
+    data = tmp_path / "data"
+    a, _ = _prepare(data)
+    proc = ServerProcess(data, "--failpoints", "commit.sync_delay=0.4").start()
+    try:
+
+        async def main() -> None:
+            async with (
+                await sk.Client.connect(proc.address, timeout=10.0) as c,
+                await sk.Client.connect(proc.address, timeout=0.05) as hasty,
+            ):
+                # A write whose sync holds the committer for 0.4 s ...
+                blocker = asyncio.ensure_future(c.create_root("order", "blocker"))
+                await asyncio.sleep(0.1)
+                # ... so this one is still queued when its 50 ms deadline passes.
+                with pytest.raises(sk.StatekeeperError) as e:
+                    await hasty.transition("a", "touch", b"once", request_id="rid-cancel")
+                assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED, e.value
+                retried = await c.transition("a", "touch", b"once", request_id="rid-cancel")
+                await blocker
+                assert retried.node.transition_count == a.transition_count + 1
+                assert (await c.get_node("a")).transition_count == a.transition_count + 1
+                again = await c.transition("a", "touch", b"once", request_id="rid-cancel")
+                assert again == retried
+
+        asyncio.run(main())
+    finally:
+        assert proc.terminate() == 0

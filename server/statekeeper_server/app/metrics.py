@@ -56,7 +56,7 @@ from prometheus_client import (
 
 if TYPE_CHECKING:
     from statekeeper_server.app.server import StatekeeperServer
-    from statekeeper_server.core.committer import Committer, PendingCommit
+    from statekeeper_server.core.committer import Committer, Intent
 
 log = logging.getLogger("statekeeper.metrics")
 
@@ -232,15 +232,15 @@ def _time_commits(committer: Committer) -> None:
     if enqueue is None:
         return
 
-    def timed_enqueue(commit: PendingCommit) -> None:
-        enqueue(commit)
+    def timed_enqueue(intent: Intent) -> None:
+        enqueue(intent)
         started = time.perf_counter()
 
         def done(future: Any) -> None:
             if not future.cancelled() and future.exception() is None:
                 COMMIT_LATENCY.observe(time.perf_counter() - started)
 
-        commit.future.add_done_callback(done)
+        intent.future.add_done_callback(done)
 
     setattr(committer, "enqueue", timed_enqueue)  # noqa: B010  (mypy: assigning to a method)
 

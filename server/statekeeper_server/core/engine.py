@@ -1,8 +1,8 @@
-"""The engine: applies transactions in memory, hands them to the committer, answers once durable.
+"""The engine: the one way to write. A write is a build function run by the committer (in
+order, on the event loop, so transactions never interleave and each sees every earlier one),
+sealed into key writes, and answered once its group is durable.
 
-Everything here runs on the server's event loop. A transaction is applied without awaiting, so
-transactions never interleave: each sees the effects of all earlier ones, and concurrent batches
-on overlapping trees are serialised by construction.
+Reads that a client sees go through `reads` (ReadView): the store's durable view only.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from statekeeper_server.core.catalog import TypeCatalog
-from statekeeper_server.core.committer import Committer, Mutation, PendingCommit
+from statekeeper_server.core.committer import Committer, Intent, Mutation, PendingCommit, store_failed
 from statekeeper_server.core.pending import PendingOverlay
 from statekeeper_server.core.views import ReadView, WriteView
-from statekeeper_server.domain.errors import DomainError, InvalidArgument, Unavailable
+from statekeeper_server.domain.errors import InvalidArgument
 from statekeeper_server.domain.limits import Limits
 from statekeeper_server.domain.model import Event, EventKind, MachineType, NodeAddress
 from statekeeper_server.domain.transaction import Transaction
@@ -44,6 +44,10 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _unset(revision: int) -> tuple[PendingCommit | None, Any]:
+    raise AssertionError("the intent's build is set before it is enqueued")
+
+
 class Engine:
     def __init__(
         self,
@@ -59,13 +63,13 @@ class Engine:
         self.limits = limits
         self.request_ttl_ms = request_ttl_ms
         self.catalog = TypeCatalog(store)
+        # What the group being built has written so far (cleared when the next group starts:
+        # by then the group is in the store).
         self.pending = PendingOverlay()
         self.write_view = WriteView(store, self.pending, self.catalog)
         self.reads = ReadView(store, self.catalog)
         raw = store.get(Keyspace.META, keys.META_REVISION)
         durable = keys.read_u64(raw) if raw is not None else 0
-        self.next_revision = durable + 1
-        self._pending_requests: dict[str, tuple[PendingCommit, bytes, bytes]] = {}
         # Called with each durable group, in revision order (watchers, executors, metrics).
         self.durable_listeners: list[Callable[[list[PendingCommit]], None]] = []
         self.committer = Committer(
@@ -73,7 +77,7 @@ class Engine:
             fsync=fsync,
             durable_revision=durable,
             on_durable=self._on_durable,
-            on_reset=self._on_reset,
+            on_group_start=self.pending.clear,
             on_fatal=on_fatal,
             failpoints=failpoints,
         )
@@ -82,6 +86,10 @@ class Engine:
     @property
     def durable_revision(self) -> int:
         return self.committer.durable_revision
+
+    @property
+    def next_revision(self) -> int:
+        return self.committer.next_revision
 
     async def start(self, sweep_interval_s: float = 60.0) -> None:
         self.committer.start()
@@ -104,6 +112,7 @@ class Engine:
         request_id: str = "",
         fingerprint: bytes = b"",
         response_codec: ResponseCodec[M] | None = None,
+        weight: int = 1,
     ) -> M:
         """Run body in a new node transaction, commit it durably, return respond(result, revision).
 
@@ -116,6 +125,7 @@ class Engine:
             request_id=request_id,
             fingerprint=fingerprint,
             response_codec=response_codec,
+            weight=weight,
         )
 
     async def commit(
@@ -126,111 +136,109 @@ class Engine:
         request_id: str = "",
         fingerprint: bytes = b"",
         response_codec: ResponseCodec[M] | None = None,
+        weight: int = 1,
     ) -> M:
         """The general write: build(commit) reads and writes through a Commit (nodes via
         commit.transaction(), any keyspace via commit.get/put/delete, events via commit.event);
-        if it raises, nothing changes. A commit without events writes nothing (a no-op)."""
-        if request_id and response_codec is not None:
-            replay = await self._replay(request_id, fingerprint)
-            if replay is not None:
-                return response_codec.parse(replay)
-        if self.committer.failed is not None:
-            raise Unavailable(
-                "STORE_FAILED", "the store failed and the server is stopping; retry on a healthy server"
-            )
-        revision = self.next_revision
-        change = Commit(self, revision, now_ms())
-        try:
+        if it raises, nothing changes. A commit without events writes nothing (a no-op).
+
+        The write is queued for the committer and stays queued whatever happens to the caller
+        (a deadline, a disconnect): a retry with the same request_id then finds its outcome.
+        """
+        idempotent = bool(request_id) and response_codec is not None
+        intent = Intent(_unset, versioned=True, weight=weight)
+
+        def run(revision: int) -> tuple[PendingCommit | None, M]:
+            if idempotent:
+                assert response_codec is not None
+                replay = self._replay(request_id, fingerprint)
+                if replay is not None:
+                    intent.replayed = True
+                    return None, response_codec.parse(replay)
+            change = Commit(self, revision, now_ms())
             result = build(change)
-        except DomainError:
-            # The refusal may rest on state that is not durable yet: answer only once it is.
-            await self.committer.wait_durable(revision - 1)
-            raise
-        if not change.events:
-            await self.committer.wait_durable(revision - 1)
-            return respond(result, self.durable_revision)
-        self.next_revision = revision + 1
-        pending_commit = change.seal()
-        response = respond(result, revision)
-        if request_id and response_codec is not None:
-            response_bytes = response_codec.serialize(response)
-            expires = change.now_ms + self.request_ttl_ms
-            pending_commit.mutations.append(
-                (
-                    Keyspace.REQUESTS,
-                    request_id.encode(),
-                    codec.encode_request(fingerprint, response_bytes, expires, revision),
+            if not change.events:
+                return None, respond(result, revision - 1)
+            sealed = change.seal()
+            response = respond(result, revision)
+            if idempotent:
+                assert response_codec is not None
+                self._record_request(
+                    sealed, change.now_ms, request_id, fingerprint, response_codec.serialize(response)
                 )
-            )
-            pending_commit.mutations.append(
-                (Keyspace.REQUEST_EXPIRY, keys.expiry_key(expires, request_id), b"")
-            )
-            self._pending_requests[request_id] = (pending_commit, fingerprint, response_bytes)
-        self.committer.enqueue(pending_commit)
-        try:
-            await asyncio.shield(pending_commit.future)
-        finally:
-            if request_id:
-                entry = self._pending_requests.get(request_id)
-                if entry is not None and entry[0] is pending_commit:
-                    del self._pending_requests[request_id]
-        return response
+            return sealed, response
+
+        intent.build = run
+        self.committer.enqueue(intent)
+        answer: M = await asyncio.shield(intent.future)
+        return answer
+
+    def admit(self) -> None:
+        """Refuse a call once the store has failed (fail-stop: nothing more is served)."""
+        if self.committer.failed is not None:
+            raise store_failed()
 
     async def durable_barrier(self) -> None:
-        """Wait until nothing in the store awaits its fsync. Call before any read whose
-        result leaves the server (an RPC answer, a task handed to a worker)."""
-        await self.committer.durable_barrier()
+        """Awaited before every call (the handler): refuses it once the store has failed."""
+        self.admit()
 
     async def write_unversioned(self, mutations: list[Mutation]) -> None:
         """Durably write bookkeeping that is not a change of state (e.g. a consumer's
         acknowledgements): no revision, no event, same group commit and fsync."""
-        if self.committer.failed is not None:
-            raise Unavailable("STORE_FAILED", "the store failed and the server is stopping")
-        commit = PendingCommit(0, mutations, [], [])
-        self.committer.enqueue(commit)
-        await asyncio.shield(commit.future)
 
-    async def _replay(self, request_id: str, fingerprint: bytes) -> bytes | None:
-        pending = self._pending_requests.get(request_id)
-        if pending is not None:
-            commit, pending_fp, response = pending
-            self._check_fingerprint(request_id, pending_fp, fingerprint)
-            await asyncio.shield(commit.future)
-            return response
-        raw = self.store.get(Keyspace.REQUESTS, request_id.encode())
+        def run(revision: int) -> tuple[PendingCommit | None, None]:
+            raw = self.pending.raw
+            for keyspace, key, value in mutations:
+                raw[(keyspace, key)] = (value, 0)
+            return PendingCommit(0, list(mutations), [], []), None
+
+        intent = Intent(run, versioned=False)
+        self.committer.enqueue(intent)
+        await asyncio.shield(intent.future)
+
+    async def settled(self) -> None:
+        """Return once every write queued so far is answered (and so durable or refused)."""
+        await self.committer.settled()
+
+    def _record_request(
+        self, sealed: PendingCommit, now: int, request_id: str, fingerprint: bytes, response: bytes
+    ) -> None:
+        expires = now + self.request_ttl_ms
+        key = request_id.encode()
+        record = codec.encode_request(fingerprint, response, expires, sealed.revision)
+        sealed.mutations.append((Keyspace.REQUESTS, key, record))
+        sealed.mutations.append((Keyspace.REQUEST_EXPIRY, keys.expiry_key(expires, request_id), b""))
+        # A retry built later in the same group finds the first outcome here.
+        self.pending.raw[(Keyspace.REQUESTS, key)] = (record, sealed.revision)
+
+    def _replay(self, request_id: str, fingerprint: bytes) -> bytes | None:
+        """The first outcome of request_id, from the group being built or the store (which holds
+        every group written so far; the answer waits until this group is durable)."""
+        key = request_id.encode()
+        entry = self.pending.raw.get((Keyspace.REQUESTS, key))
+        raw = entry[0] if entry is not None else self.store.get(Keyspace.REQUESTS, key)
         if raw is None:
             return None
         stored_fp, response, expires, _ = codec.decode_request(raw)
         if expires < now_ms():
             return None
-        self._check_fingerprint(request_id, stored_fp, fingerprint)
-        return response
-
-    @staticmethod
-    def _check_fingerprint(request_id: str, stored: bytes, given: bytes) -> None:
-        if stored != given:
+        if stored_fp != fingerprint:
             raise InvalidArgument(
                 "REQUEST_ID_REUSED",
                 f"request_id {request_id!r} was already used for a different request; use a new id",
                 field="request_id",
             )
+        return response
 
     def _on_durable(self, group: list[PendingCommit]) -> None:
-        pending = self.pending
-        last = self.committer.durable_revision
         for commit in group:
-            pending.release(
-                commit.node_keys, ((mt.name, mt.version) for mt in commit.new_types), commit.raw_keys, last
-            )
             for mt in commit.new_types:
                 self.catalog.add(mt)
         for listener in self.durable_listeners:
-            listener(group)
-
-    def _on_reset(self) -> None:
-        self.pending.clear()
-        self._pending_requests.clear()
-        self.next_revision = self.committer.durable_revision + 1
+            try:
+                listener(group)
+            except Exception:
+                log.exception("a durable listener failed (the commit is durable)")
 
     # -- housekeeping ------------------------------------------------------------------------
 
@@ -263,10 +271,12 @@ class Engine:
 
 
 class Commit:
-    """One commit being built: a revision, a clock reading, and the changes made so far.
+    """One commit being built (by the committer): a revision, a clock reading, and the changes
+    made so far.
 
-    Reads see durable state plus every earlier pending commit (never client-visible). Writes
-    are buffered here and only reach the store through the committer.
+    Reads see the store's live state (every group written so far, durable or being synced)
+    plus the earlier commits of the group being built; none of it leaves the server before it
+    is durable. Writes are buffered here and reach the store only through the committer.
     """
 
     def __init__(self, engine: Engine, revision: int, now: int) -> None:
@@ -295,6 +305,18 @@ class Commit:
             return entry[0]
         return self.engine.store.get(keyspace, key)
 
+    def scan(self, keyspace: Keyspace, start: bytes, end: bytes) -> list[tuple[bytes, bytes]]:
+        """The pairs with start <= key < end, in key order, as this commit sees them (the store,
+        the group's earlier commits, this commit's own writes)."""
+        merged: dict[bytes, bytes | None] = dict(self.engine.store.scan(keyspace, start, end))
+        for (ks, key), (value, _) in self.engine.pending.raw.items():
+            if ks is keyspace and start <= key < end:
+                merged[key] = value
+        for (ks, key), value in self._local.items():
+            if ks is keyspace and start <= key < end:
+                merged[key] = value
+        return sorted((k, v) for k, v in merged.items() if v is not None)
+
     def put(self, keyspace: Keyspace, key: bytes, value: bytes) -> None:
         self._local[(keyspace, key)] = value
 
@@ -307,7 +329,7 @@ class Commit:
         return event
 
     def seal(self) -> PendingCommit:
-        """Encode everything into mutations, publish them to the pending overlay."""
+        """Encode everything into mutations, publish them to the group's overlay."""
         engine, revision = self.engine, self.revision
         mutations = self.mutations
         node_keys: list[bytes] = []
@@ -338,12 +360,14 @@ class Commit:
             for mt in new_types:
                 engine.pending.types[(mt.name, mt.version)] = mt
         raw_keys = list(self._local)
-        raw = engine.pending.raw
         for (keyspace, key), value in self._local.items():
             mutations.append((keyspace, key, value))
-            raw[(keyspace, key)] = (value, revision)
         for event in self.events:
             mutations.append(
                 (Keyspace.EVENTS, keys.seq_key(revision, event.index), codec.encode_event(event))
             )
+        # Every key written is visible to the later commits of the group (get and scan).
+        raw = engine.pending.raw
+        for keyspace, key, value in mutations:
+            raw[(keyspace, key)] = (value, revision)
         return PendingCommit(revision, mutations, node_keys, new_types, raw_keys, self.events)

@@ -1,8 +1,8 @@
-"""What has been applied in memory but is not yet durable.
+"""What the group being built has written so far, for the builds after it in the same group.
 
-The write path validates against durable state plus this overlay, so operations queued behind an
-unfinished commit see its effects. Client reads never look here (guarantee 2). An entry is
-dropped once the commit that wrote it (or a later one) is durable.
+The committer builds a group's commits one after another, then writes the group as one batch;
+until then a later commit of the group reads the earlier ones' writes here. Cleared when the
+next group starts: by then this one is in the store. Client reads never look here.
 """
 
 from __future__ import annotations
@@ -25,27 +25,6 @@ class PendingOverlay:
         nodes = self.nodes
         for key, record in items:
             nodes[key] = (record, revision)
-
-    def release(
-        self,
-        node_keys: Iterable[bytes],
-        type_keys: Iterable[tuple[str, int]],
-        raw_keys: Iterable[tuple[Keyspace, bytes]],
-        revision: int,
-    ) -> None:
-        """Drop entries written at or before revision, now durable."""
-        nodes = self.nodes
-        for key in node_keys:
-            entry = nodes.get(key)
-            if entry is not None and entry[1] <= revision:
-                del nodes[key]
-        raw = self.raw
-        for rk in raw_keys:
-            raw_entry = raw.get(rk)
-            if raw_entry is not None and raw_entry[1] <= revision:
-                del raw[rk]
-        for tk in type_keys:
-            self.types.pop(tk, None)
 
     def clear(self) -> None:
         self.nodes.clear()

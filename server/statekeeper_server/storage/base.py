@@ -1,5 +1,12 @@
-"""The storage interface the engine depends on. RocksDB implements it now; a shared SQL engine
-can later, without the engine or domain changing."""
+"""The storage interface the core depends on; one backend per folder (rocksdb/).
+
+Two faces:
+- the live state (get, scan, seek; synchronous): every group the committer has written,
+  durable or still being synced. Only the committer's builds and housekeeping read it.
+- the durable view (`durable()`, asynchronous): what clients may see. The committer publishes
+  a new one after each sync (`publish_durable`), so a reader never waits behind an fsync and
+  never sees a write that is not yet durable.
+"""
 
 from __future__ import annotations
 
@@ -51,6 +58,31 @@ class WriteBatch(Protocol):
     def __len__(self) -> int: ...
 
 
+class DurableView(Protocol):
+    """A consistent view of durable state. Take one per client read (engine.reads does) and
+    use it for the whole read, so every key it reads comes from the same moment."""
+
+    async def get(self, keyspace: Keyspace, key: bytes) -> bytes | None: ...
+
+    async def get_many(self, keyspace: Keyspace, keys: list[bytes]) -> list[bytes | None]: ...
+
+    async def scan(
+        self,
+        keyspace: Keyspace,
+        start: bytes = b"",
+        end: bytes | None = None,
+        *,
+        limit: int,
+        reverse: bool = False,
+    ) -> list[tuple[bytes, bytes]]:
+        """Up to limit pairs with start <= key < end, in key order (descending when reverse)."""
+        ...
+
+    async def seek(self, keyspace: Keyspace, key: bytes) -> tuple[bytes, bytes] | None:
+        """The first pair whose key is >= key."""
+        ...
+
+
 class Store(Protocol):
     def get(self, keyspace: Keyspace, key: bytes) -> bytes | None: ...
 
@@ -62,6 +94,14 @@ class Store(Protocol):
 
     def seek(self, keyspace: Keyspace, key: bytes) -> tuple[bytes, bytes] | None:
         """The first pair whose key is >= key."""
+        ...
+
+    def durable(self) -> DurableView:
+        """The newest published durable view."""
+        ...
+
+    def publish_durable(self) -> None:
+        """Everything written so far is durable now: readers may see it."""
         ...
 
     def new_batch(self) -> WriteBatch: ...

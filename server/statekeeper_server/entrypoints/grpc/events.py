@@ -120,7 +120,7 @@ class EventServicer:
             # event arrives before a disconnect.
             yield pb.WatchResponse(progress_revision=min(seen, hub.durable_revision))
             while True:
-                events = hub.read(cursor, batch)
+                events = await hub.read(cursor, batch)
                 if events:
                     last = events[-1]
                     cursor = (last.revision, last.index + 1)

@@ -134,6 +134,7 @@ class NodeServicer:
         apply: Callable[[Transaction, Any], Any],
         respond: Callable[[Any, int], M],
         response_cls: type[M],
+        weight: int = 1,
     ) -> M:
         request_id: str = request.request_id
         if request_id:
@@ -144,6 +145,7 @@ class NodeServicer:
             request_id=request_id,
             fingerprint=fingerprint(method, request) if request_id else b"",
             response_codec=_CODECS[response_cls],
+            weight=weight,
         )
 
     async def CreateRoot(self, request: pb.CreateRootRequest, context: Context) -> pb.CreateRootResponse:
@@ -205,33 +207,35 @@ class NodeServicer:
                 _BATCH_OPS[which][1](result, outcome, revision)
             return response
 
-        return await self._write("ExecuteBatch", request, apply, respond, pb.ExecuteBatchResponse)
+        return await self._write(
+            "ExecuteBatch", request, apply, respond, pb.ExecuteBatchResponse, weight=len(steps)
+        )
 
     # -- reads: durable state only -----------------------------------------------------------
 
     async def GetNode(self, request: pb.GetNodeRequest, context: Context) -> pb.GetNodeResponse:
         address = convert.address(request.node)
         check_address(address, "node", self.limits)
-        record = self.engine.reads.get_node(address)
+        record = await self.engine.reads.get_node(address)
         if record is None:
             raise NotFound("NODE_NOT_FOUND", f"node {address} does not exist", node=str(address))
         return pb.GetNodeResponse(node=convert.node(address, record))
 
-    def _require(self, address: Any, field: str) -> None:
+    async def _require(self, address: Any, field: str) -> None:
         check_address(address, field, self.limits)
-        if self.engine.reads.get_node(address) is None:
+        if await self.engine.reads.get_node(address) is None:
             raise NotFound("NODE_NOT_FOUND", f"node {address} does not exist", node=str(address))
 
     async def ListChildren(
         self, request: pb.ListChildrenRequest, context: Context
     ) -> pb.ListChildrenResponse:
         parent = convert.address(request.parent)
-        self._require(parent, "parent")
+        await self._require(parent, "parent")
         check_name(request.type, "type", self.limits)
         limit = check_page_size(request.page_size, self.limits)
         token = convert.decode_token(request.page_token)
         after = token.decode(errors="replace") if token is not None else None
-        found = self.engine.reads.list_children(parent, request.type, after, limit + 1)
+        found = await self.engine.reads.list_children(parent, request.type, after, limit + 1)
         more = len(found) > limit
         found = found[:limit]
         next_token = convert.encode_token(found[-1][0].path[-1][1].encode()) if more else ""
@@ -241,9 +245,9 @@ class NodeServicer:
 
     async def WalkTree(self, request: pb.WalkTreeRequest, context: Context) -> pb.WalkTreeResponse:
         address = convert.address(request.node)
-        self._require(address, "node")
+        await self._require(address, "node")
         limit = check_page_size(request.page_size, self.limits)
-        found = self.engine.reads.walk(address, convert.decode_token(request.page_token), limit + 1)
+        found = await self.engine.reads.walk(address, convert.decode_token(request.page_token), limit + 1)
         more = len(found) > limit
         found = found[:limit]
         next_token = convert.encode_token(found[-1][0]) if more else ""
@@ -265,7 +269,7 @@ class NodeServicer:
                 "FIELD_INVALID", f"status {request.status} is not a NodeStatusFilter", field="status"
             )
         limit = check_page_size(request.page_size, self.limits)
-        found = self.engine.reads.list_nodes(
+        found = await self.engine.reads.list_nodes(
             request.machine_type,
             terminal,  # type: ignore[arg-type]
             request.state or None,

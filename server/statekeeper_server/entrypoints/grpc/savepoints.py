@@ -107,10 +107,6 @@ class SavepointServicer:
             check_request_id(request_id, self.engine.limits)
         return request_id, fingerprint(method, request) if request_id else b"", _CODECS[response_cls]
 
-    async def _settle(self) -> None:
-        """Wait until every commit so far is durable (restores read stored snapshots)."""
-        await self.engine.committer.wait_durable(self.engine.next_revision - 1)
-
     # -- runs ----------------------------------------------------------------------------------
 
     async def CreateRun(self, request: pb.CreateRunRequest, context: Context) -> pb.CreateRunResponse:
@@ -132,7 +128,7 @@ class SavepointServicer:
         )
 
     async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
-        return pb.GetRunResponse(run=self._run(self.runs.get_run(request.run_id)))
+        return pb.GetRunResponse(run=self._run(await self.runs.get_run(request.run_id)))
 
     async def DeleteRun(self, request: pb.DeleteRunRequest, context: Context) -> pb.DeleteRunResponse:
         rid, fp, codec = self._idempotency("DeleteRun", request, pb.DeleteRunResponse)
@@ -188,7 +184,7 @@ class SavepointServicer:
     async def LoadSavepoint(
         self, request: pb.LoadSavepointRequest, context: Context
     ) -> AsyncIterator[pb.LoadSavepointResponse]:
-        loaded = self.runs.load(request.run_id, request.timestamp_ms)
+        loaded = await self.runs.load(request.run_id, request.timestamp_ms)
         message = pb.LoadSavepointResponse(
             run_id=loaded.run_id,
             timestamp_ms=loaded.info.timestamp,
@@ -209,7 +205,7 @@ class SavepointServicer:
     async def ListSavepoints(
         self, request: pb.ListSavepointsRequest, context: Context
     ) -> pb.ListSavepointsResponse:
-        header, infos = self.runs.list_savepoints(request.run_id)
+        header, infos = await self.runs.list_savepoints(request.run_id)
         return pb.ListSavepointsResponse(
             run=self._run(header), savepoints=[_savepoint_info(s) for s in infos]
         )
@@ -247,7 +243,7 @@ class SavepointServicer:
         self, request: pb.ListTreeSnapshotsRequest, context: Context
     ) -> pb.ListTreeSnapshotsResponse:
         return pb.ListTreeSnapshotsResponse(
-            snapshots=[_tree_snapshot(s) for s in self.snapshots.list_snapshots(request.root_id)]
+            snapshots=[_tree_snapshot(s) for s in await self.snapshots.list_snapshots(request.root_id)]
         )
 
     async def RestoreTreeSnapshot(
@@ -264,7 +260,6 @@ class SavepointServicer:
                 task_count=o.task_count,
             )
 
-        await self._settle()
         return await self.engine.commit(
             lambda c: self.snapshots.restore(c, request.root_id, request.name),
             respond,
@@ -286,7 +281,6 @@ class SavepointServicer:
                 task_count=o.task_count,
             )
 
-        await self._settle()
         return await self.engine.commit(
             lambda c: self.snapshots.fork(c, request.root_id, request.name, request.new_root_id),
             respond,
@@ -299,7 +293,6 @@ class SavepointServicer:
         self, request: pb.DeleteTreeSnapshotRequest, context: Context
     ) -> pb.DeleteTreeSnapshotResponse:
         rid, fp, codec = self._idempotency("DeleteTreeSnapshot", request, pb.DeleteTreeSnapshotResponse)
-        await self._settle()
         return await self.engine.commit(
             lambda c: self.snapshots.delete(c, request.root_id, request.name),
             lambda _, revision: pb.DeleteTreeSnapshotResponse(revision=revision),

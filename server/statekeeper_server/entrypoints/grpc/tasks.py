@@ -87,7 +87,7 @@ class TaskServicer:
 
     async def GetTask(self, request: pb.GetTaskRequest, context: Context) -> pb.GetTaskResponse:
         check_task_id(request.task_id)
-        view = self.tasks.get(request.task_id)
+        view = await self.tasks.get(request.task_id)
         lease = view.lease
         return pb.GetTaskResponse(
             task=_task(view),
@@ -109,7 +109,7 @@ class TaskServicer:
         if has_node:
             address = convert.address(request.node)
             check_address(address, "node", self.limits)
-            views, more = self.tasks.list_by_node(
+            views, more = await self.tasks.list_by_node(
                 address, request.include_descendants, statuses, cursor, limit
             )
         else:
@@ -118,7 +118,7 @@ class TaskServicer:
                     "FIELD_INVALID", "include_descendants applies to node only", field="include_descendants"
                 )
             check_name(request.destination, "destination", self.limits)
-            views, more = self.tasks.list_by_destination(request.destination, statuses, cursor, limit)
+            views, more = await self.tasks.list_by_destination(request.destination, statuses, cursor, limit)
         return pb.ListTasksResponse(
             tasks=[_task(v) for v in views], next_page_token=convert.encode_token(more) if more else ""
         )
@@ -129,7 +129,7 @@ class TaskServicer:
         if request.destination:
             check_name(request.destination, "destination", self.limits)
         limit = check_page_size(request.page_size, self.limits)
-        views, more = self.tasks.list_dead_letters(
+        views, more = await self.tasks.list_dead_letters(
             request.destination, convert.decode_token(request.page_token), limit
         )
         return pb.ListDeadLettersResponse(
@@ -169,7 +169,7 @@ class TaskServicer:
         duration = request.lease_duration_ms
         if duration:  # 0 keeps the stream's lease duration
             duration = check_lease_ms(duration, "lease_duration_ms", self.settings)
-        expires, stale = self.tasks.outbound.heartbeat(request.task_id, request.lease_token, duration)
+        expires, stale = await self.tasks.outbound.heartbeat(request.task_id, request.lease_token, duration)
         return pb.HeartbeatTaskResponse(lease_expires_ms=expires, stale=stale)
 
     async def CompleteTask(

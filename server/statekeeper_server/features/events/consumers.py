@@ -263,7 +263,7 @@ class ConsumerManager:
             room = record.max_unacked - len(state.in_flight)
             if room > 0:
                 try:
-                    events = self._hub.read(state.next_pos, min(room * 4, 2_000))
+                    events = await self._hub.read(state.next_pos, min(room * 4, 2_000))
                 except OutOfRange:
                     self.mark_behind(self._hub.oldest_revision)
                     return

@@ -80,7 +80,7 @@ class EventHub:
                 requested_revision=revision,
             )
 
-    def read(self, start: Position, limit: int) -> list[Event]:
+    async def read(self, start: Position, limit: int) -> list[Event]:
         """Up to limit durable events at or after start, in order."""
         positions = self._positions
         if positions and start >= positions[0]:
@@ -88,13 +88,12 @@ class EventHub:
             return self._events[i : i + limit]
         if start[0] < self.oldest_revision:
             self.check_start(start[0])
-        out = []
         end = keys.seq_key(self.durable_revision + 1, 0)
-        for key, raw in self._store.scan(Keyspace.EVENTS, keys.seq_key(*start), end):
+        found = await self._store.durable().scan(Keyspace.EVENTS, keys.seq_key(*start), end, limit=limit)
+        out = []
+        for key, raw in found:
             revision, index = keys.seq_key_parts(key)
             out.append(codec.decode_event(revision, index, raw))
-            if len(out) >= limit:
-                break
         return out
 
     # -- retention ---------------------------------------------------------------------------

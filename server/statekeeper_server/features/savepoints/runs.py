@@ -1,8 +1,8 @@
 """Runs and their savepoints on the engine's Commit API; the rules are in domain/savepoints.py.
 
-Every write is one commit built synchronously (so it composes with other pending commits and
-writes nothing when it raises). Reads (load, list, get) use durable state only; they do not
-await, and the committer writes on the event loop too, so a read sees one durable revision.
+Every write is one commit built synchronously by the committer (so it composes with the other
+commits of its group and writes nothing when it raises). Reads (load, list, get) use one durable
+view each, so a read sees one durable revision.
 
 The entity envelope (Runbox's Entity.update_state / ack_processed_time): a current state set by
 `update` lives in this process's memory only — like Runbox's in-process entity, an update
@@ -47,7 +47,7 @@ from statekeeper_server.domain.savepoints import (
 )
 from statekeeper_server.domain.validation import check_id
 from statekeeper_server.storage import codec, keys
-from statekeeper_server.storage.base import Keyspace
+from statekeeper_server.storage.base import DurableView, Keyspace
 
 log = logging.getLogger("statekeeper.savepoints")
 
@@ -127,30 +127,32 @@ class Runs:
 
     # -- reads: durable state only -------------------------------------------------------------
 
-    def get_run(self, run_id: str) -> RunHeader:
+    async def get_run(self, run_id: str, view: DurableView | None = None) -> RunHeader:
         check_id(run_id, "run_id", self.limits)
-        raw = self.store.get(Keyspace.RUNS, keys.run_key(run_id))
+        raw = await (view or self.engine.reads.view()).get(Keyspace.RUNS, keys.run_key(run_id))
         if raw is None:
             raise _run_not_found(run_id)
         return codec.decode_run(raw)
 
-    def list_savepoints(self, run_id: str) -> tuple[RunHeader, list[SavepointInfo]]:
-        header = self.get_run(run_id)
+    async def list_savepoints(self, run_id: str) -> tuple[RunHeader, list[SavepointInfo]]:
+        view = self.engine.reads.view()
+        header = await self.get_run(run_id, view)
         out = []
         for t in header.savepoints:
-            raw = self.store.get(Keyspace.SAVEPOINTS, keys.savepoint_key(run_id, t))
+            raw = await view.get(Keyspace.SAVEPOINTS, keys.savepoint_key(run_id, t))
             try:
                 out.append(codec.decode_savepoint(raw))  # type: ignore[arg-type]
             except Exception:  # a damaged header: listed, and refused on load
                 out.append(SavepointInfo(t, 0, 0, b"", 0, 0, 0))
         return header, out
 
-    def load(self, run_id: str, timestamp: int = 0) -> LoadedSavepoint:
+    async def load(self, run_id: str, timestamp: int = 0) -> LoadedSavepoint:
         """The latest complete savepoint (timestamp 0), falling back past damaged ones; or exactly
         the one at timestamp."""
         if timestamp < 0:
             raise InvalidArgument("FIELD_INVALID", "timestamp_ms must not be negative", field="timestamp_ms")
-        header = self.get_run(run_id)
+        view = self.engine.reads.view()
+        header = await self.get_run(run_id, view)
         if timestamp:
             if timestamp not in header.savepoints:
                 raise NotFound(
@@ -170,7 +172,7 @@ class Runs:
             candidates = list(reversed(header.savepoints))
         damaged: list[int] = []
         for t in candidates:
-            found = self._read(run_id, t)
+            found = await self._read(view, run_id, t)
             if isinstance(found, str):
                 log.error("savepoint %d of run %r is damaged: %s", t, run_id, found)
                 damaged.append(t)
@@ -199,9 +201,11 @@ class Runs:
             damaged_timestamps=text,
         )
 
-    def _read(self, run_id: str, t: int) -> tuple[SavepointInfo, list[tuple[str, bytes]]] | str:
+    async def _read(
+        self, view: DurableView, run_id: str, t: int
+    ) -> tuple[SavepointInfo, list[tuple[str, bytes]]] | str:
         """A savepoint and its states, verified; or why it is damaged."""
-        raw = self.store.get(Keyspace.SAVEPOINTS, keys.savepoint_key(run_id, t))
+        raw = await view.get(Keyspace.SAVEPOINTS, keys.savepoint_key(run_id, t))
         if raw is None:
             return "its header is missing"
         try:
@@ -215,7 +219,10 @@ class Runs:
         check = Checksum(t, info.schema_version)
         items: list[tuple[str, bytes]] = []
         try:
-            for key, state in self.store.scan(Keyspace.SAVEPOINT_STATES, prefix, keys.prefix_end(prefix)):
+            states = await view.scan(
+                Keyspace.SAVEPOINT_STATES, prefix, keys.prefix_end(prefix), limit=info.entity_count + 1
+            )
+            for key, state in states:
                 entity_id = key[n:].decode()
                 items.append((entity_id, state))
                 check.add(entity_id, state)
@@ -527,7 +534,7 @@ class Runs:
         prefix = keys.savepoint_key(run_id, t)
         names = set(ids)
         # An older savepoint may hold entities the run no longer has (an upgrade changed them).
-        for key, _ in self.store.scan(Keyspace.SAVEPOINT_STATES, prefix, keys.prefix_end(prefix)):
+        for key, _ in c.scan(Keyspace.SAVEPOINT_STATES, prefix, keys.prefix_end(prefix)):
             names.add(key[len(prefix) :].decode(errors="replace"))
         for entity_id in names:
             c.delete(Keyspace.SAVEPOINT_STATES, keys.savepoint_state_key(run_id, t, entity_id))

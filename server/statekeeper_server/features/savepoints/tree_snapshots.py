@@ -1,9 +1,9 @@
 """Tree snapshots: a whole tree's nodes and pending tasks stored under a name, restored in place
 or forked into a new root through the normal commit path.
 
-A snapshot shows the tree's durable state: it is read from the store without awaiting, and the
-committer writes on the event loop too, so the reads see exactly one durable revision (the one
-recorded). Only live pending tasks are kept: a task whose node has moved on is stale already.
+A snapshot is taken inside its commit, so it holds the tree exactly as of the revision before
+(the one recorded). Only live pending tasks are kept: a task whose node has moved on is stale
+already.
 
 Restoring writes the snapshot's nodes through the commit's node transaction: nodes the tree has
 gained since are deleted, the others get the snapshot's state and data with their transition
@@ -64,24 +64,20 @@ class TreeSnapshots:
 
     # -- reads -------------------------------------------------------------------------------
 
-    def list_snapshots(self, root_id: str) -> list[TreeSnapshotInfo]:
+    async def list_snapshots(self, root_id: str) -> list[TreeSnapshotInfo]:
         check_id(root_id, "root_id", self.limits)
         prefix = root_id.encode() + b"\x00"
-        return [
-            codec.decode_tree_snapshot(raw)
-            for _, raw in self.store.scan(Keyspace.TREE_SNAPSHOTS, prefix, keys.prefix_end(prefix))
-        ]
+        view = self.engine.reads.view()
+        found = await view.scan(Keyspace.TREE_SNAPSHOTS, prefix, keys.prefix_end(prefix), limit=1_000_000)
+        return [codec.decode_tree_snapshot(raw) for _, raw in found]
 
     def _items(
         self, c: Commit, root_id: str, name: str
     ) -> tuple[TreeSnapshotInfo, list[tuple[NodeAddress, NodeRecord]], list[TaskRecord]]:
         """A snapshot's header, nodes (parents first) and tasks, as durably stored."""
         key = keys.tree_snapshot_key(root_id, name)
-        # Deleted by a pending commit, or not durable yet: either way not there to read.
-        if (
-            c.get(Keyspace.TREE_SNAPSHOTS, key) is None
-            or (raw := self.store.get(Keyspace.TREE_SNAPSHOTS, key)) is None
-        ):
+        raw = c.get(Keyspace.TREE_SNAPSHOTS, key)
+        if raw is None:
             raise NotFound(
                 "SNAPSHOT_NOT_FOUND",
                 f"tree {root_id!r} has no snapshot {name!r}",
@@ -93,7 +89,7 @@ class TreeSnapshots:
         n = len(prefix)
         nodes: list[tuple[NodeAddress, NodeRecord]] = []
         tasks: list[TaskRecord] = []
-        for k, value in self.store.scan(Keyspace.TREE_SNAPSHOT_ITEMS, prefix, keys.prefix_end(prefix)):
+        for k, value in c.scan(Keyspace.TREE_SNAPSHOT_ITEMS, prefix, keys.prefix_end(prefix)):
             kind = k[n : n + 1]
             if kind == _NODE:
                 nodes.append((keys.node_address(k[n + 1 :]), codec.decode_node(value)))
@@ -113,11 +109,10 @@ class TreeSnapshots:
                 root_id=root_id,
                 name=name,
             )
-        store = self.store
         root = NodeAddress(root_id)
         root_key = keys.node_key(root)
-        revision = self.engine.durable_revision
-        nodes = list(store.scan(Keyspace.NODES, root_key, root_key + keys.SUBTREE_END))
+        revision = c.revision - 1
+        nodes = c.scan(Keyspace.NODES, root_key, root_key + keys.SUBTREE_END)
         if not nodes or nodes[0][0] != root_key:
             raise NotFound("NODE_NOT_FOUND", f"node {root} does not exist", node=str(root))
         if len(nodes) > self.limits.max_deleted_nodes:
@@ -132,9 +127,9 @@ class TreeSnapshots:
             records[node_key] = codec.decode_node(node_raw)
             c.put(Keyspace.TREE_SNAPSHOT_ITEMS, prefix + _NODE + node_key, node_raw)
         task_count = 0
-        for index_key, _ in store.scan(Keyspace.TASKS_BY_NODE, root_key, keys.prefix_end(root_key)):
+        for index_key, _ in c.scan(Keyspace.TASKS_BY_NODE, root_key, keys.prefix_end(root_key)):
             task_key = index_key[-12:]
-            task_raw = store.get(Keyspace.TASKS, task_key)
+            task_raw = c.get(Keyspace.TASKS, task_key)
             if task_raw is None:
                 continue
             task = codec.decode_task(task_raw)

@@ -72,13 +72,13 @@ class TaskExecutors:
         next_attempt = task.available_ms if task.available_ms > now else 0
         return TaskView(task, None, next_attempt)
 
-    def get(self, task_id: str) -> TaskView:
-        raw = self.store.get(Keyspace.TASKS, task_key(task_id))
+    async def get(self, task_id: str) -> TaskView:
+        raw = await self.engine.reads.view().get(Keyspace.TASKS, task_key(task_id))
         if raw is None:
             raise NotFound("TASK_NOT_FOUND", f"task {task_id} does not exist", task_id=task_id)
         return self._view(codec.decode_task(raw), now_ms())
 
-    def _page(
+    async def _page(
         self,
         keyspace: Keyspace,
         start: bytes,
@@ -96,21 +96,24 @@ class TaskExecutors:
         now = now_ms()
         out: list[TaskView] = []
         budget = limit * 10 + 100
+        durable = self.engine.reads.view()
+        entries = await durable.scan(
+            keyspace, cursor + b"\x00" if cursor is not None else start, end, limit=budget + 1
+        )
+        raws = await durable.get_many(Keyspace.TASKS, [task_key_of(key) for key, _ in entries[:budget]])
         last: bytes | None = None
-        for key, _ in self.store.scan(keyspace, cursor + b"\x00" if cursor is not None else start, end):
-            if len(out) >= limit or budget <= 0:
+        for (key, _), raw in zip(entries, raws, strict=False):
+            if len(out) >= limit:
                 return out, last
-            budget -= 1
             last = key
-            raw = self.store.get(Keyspace.TASKS, task_key_of(key))
             if raw is None:
                 continue
             view = self._view(codec.decode_task(raw), now)
             if not statuses or view.task.status in statuses:
                 out.append(view)
-        return out, None
+        return out, (last if len(entries) > budget else None)
 
-    def list_by_node(
+    async def list_by_node(
         self,
         address: NodeAddress,
         subtree: bool,
@@ -122,15 +125,17 @@ class TaskExecutors:
         # The node's own entries are node key + task key, and task keys start with a 0x00 byte
         # (revisions < 2^56); descendants follow under node key + 0x01.
         start, end = (node, node + keys.SUBTREE_END) if subtree else (node + b"\x00", node + b"\x01")
-        return self._page(Keyspace.TASKS_BY_NODE, start, end, cursor, statuses, limit)
+        return await self._page(Keyspace.TASKS_BY_NODE, start, end, cursor, statuses, limit)
 
-    def list_by_destination(
+    async def list_by_destination(
         self, destination: str, statuses: Collection[TaskStatus], cursor: bytes | None, limit: int
     ) -> tuple[list[TaskView], bytes | None]:
         prefix = destination_prefix(destination)
-        return self._page(Keyspace.OUTBOUND_QUEUE, prefix, prefix[:-1] + b"\x01", cursor, statuses, limit)
+        return await self._page(
+            Keyspace.OUTBOUND_QUEUE, prefix, prefix[:-1] + b"\x01", cursor, statuses, limit
+        )
 
-    def list_dead_letters(
+    async def list_dead_letters(
         self, destination: str, cursor: bytes | None, limit: int
     ) -> tuple[list[TaskView], bytes | None]:
         if destination:
@@ -138,7 +143,7 @@ class TaskExecutors:
             end = start[:-1] + b"\x01"
         else:
             start, end = b"", b"\xff" * 8
-        return self._page(Keyspace.DEAD_LETTERS, start, end, cursor, (), limit)
+        return await self._page(Keyspace.DEAD_LETTERS, start, end, cursor, (), limit)
 
     # -- operator actions ----------------------------------------------------------------------
 

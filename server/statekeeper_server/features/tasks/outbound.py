@@ -47,7 +47,6 @@ from statekeeper_server.storage.base import Keyspace
 from statekeeper_server.storage.indexes import (
     destination_prefix,
     outbound_key,
-    task_id_of,
     task_key_of,
 )
 
@@ -197,9 +196,7 @@ class OutboundExecutor:
         try:
             while not self._closing:
                 stream.wake.clear()
-                # Never hand out a task whose creation is not yet durable.
-                await self.engine.durable_barrier()
-                batch, wake_at = self._take(stream)
+                batch, wake_at = await self._take(stream)
                 if batch:
                     try:
                         yield batch
@@ -219,73 +216,84 @@ class OutboundExecutor:
             for d in destinations:
                 self._state(d).streams.discard(stream)
 
-    def _take(self, stream: LeaseStream) -> tuple[list[LeasedTask], int | None]:
-        now = now_ms()
+    async def _take(self, stream: LeaseStream) -> tuple[list[LeasedTask], int | None]:
         out: list[LeasedTask] = []
         wake_at: int | None = None
         dests = stream.destinations
         stream.turn += 1
         for i in range(len(dests)):
-            capacity = stream.max_in_flight - stream.in_flight
-            if capacity <= 0:
+            if stream.max_in_flight - stream.in_flight <= 0:
                 break
             destination = dests[(stream.turn + i) % len(dests)]
             state = self._state(destination)
-            room = min(capacity, self.settings.max_in_flight - state.in_flight)
-            if room <= 0:
+            now = now_ms()
+            if self._room(state, stream, now) <= 0:
+                if state.breaker.allows(now) == 0:
+                    reopens = state.breaker.reopens_at()
+                    if reopens > now:
+                        wake_at = reopens if wake_at is None else min(wake_at, reopens)
                 continue
-            allowed = state.breaker.allows(now)
-            if allowed == 0:
-                reopens = state.breaker.reopens_at()
-                if reopens > now:
-                    wake_at = reopens if wake_at is None else min(wake_at, reopens)
-                continue
-            if allowed == 1:
-                room = 1
-            next_at = self._scan(destination, state, stream, room, now, out)
+            next_at = await self._scan(destination, state, stream, now, out)
             if next_at is not None:
                 wake_at = next_at if wake_at is None else min(wake_at, next_at)
         if self._to_drop:
             self._spawn(self._drop_stale())
         return out, wake_at
 
-    def _scan(
-        self,
-        destination: str,
-        state: _Destination,
-        stream: LeaseStream,
-        room: int,
-        now: int,
-        out: list[LeasedTask],
+    def _room(self, state: _Destination, stream: LeaseStream, now: int) -> int:
+        """How many more tasks of this destination the stream may lease now."""
+        room = min(stream.max_in_flight - stream.in_flight, self.settings.max_in_flight - state.in_flight)
+        allowed = state.breaker.allows(now)
+        if allowed == 0:
+            return 0
+        return min(room, 1) if allowed == 1 else room
+
+    async def _scan(
+        self, destination: str, state: _Destination, stream: LeaseStream, now: int, out: list[LeasedTask]
     ) -> int | None:
-        """Lease up to room available tasks of destination into out; returns when the next
-        not-yet-available task becomes available (None: none known)."""
+        """Lease available tasks of destination into out, while there is room; returns when the
+        next not-yet-available task becomes available (None: none known).
+
+        Hand-outs decide on durable state only (a task whose creation is not yet durable is
+        never handed out). Each page is read with awaits, then decided without any, so the
+        checks (leased already? room left?) and the lease itself cannot interleave."""
         prefix = destination_prefix(destination)
         end = prefix + keys.u64(now + 1)
-        start = state.cursor + b"\x00" if state.cursor is not None else prefix
-        got = 0
-        view = self.engine.reads  # hand-outs decide on durable state only
-        for key, _ in self.store.scan(Keyspace.OUTBOUND_QUEUE, start, end):
-            state.cursor = key
-            tkey = task_key_of(key)
-            task_id = task_id_of(tkey)
-            if task_id in self.leases or task_id in self._busy or task_id in self._to_drop:
-                continue
-            raw = self.store.get(Keyspace.TASKS, tkey)
-            if raw is None:
-                continue
-            task = codec.decode_task(raw)
-            if task.status not in QUEUED or outbound_key(task.destination, task.available_ms, tkey) != key:
-                continue
-            reason = stale_reason(task, view.get_node(task.address))
-            if reason:
-                self._to_drop[task_id] = (tkey, reason)
-                continue
-            out.append(self._lease(task, tkey, state, stream, now))
-            got += 1
-            if got >= room:
+        view = self.engine.reads.view()
+        while True:
+            room = self._room(state, stream, now)
+            if room <= 0:
                 return None
-        found = self.store.seek(Keyspace.OUTBOUND_QUEUE, end)
+            start = state.cursor + b"\x00" if state.cursor is not None else prefix
+            page = await view.scan(Keyspace.OUTBOUND_QUEUE, start, end, limit=max(64, room * 2))
+            if not page:
+                break
+            task_keys = [task_key_of(k) for k, _ in page]
+            raws = await view.get_many(Keyspace.TASKS, task_keys)
+            tasks = [codec.decode_task(raw) if raw is not None else None for raw in raws]
+            nodes = await view.get_many(
+                Keyspace.NODES, [keys.node_key(task.address) if task else b"" for task in tasks]
+            )
+            for (key, _), tkey, task, node_raw in zip(page, task_keys, tasks, nodes, strict=True):
+                if self._room(state, stream, now) <= 0:
+                    return None
+                state.cursor = key
+                if task is None:
+                    continue
+                task_id = task.task_id
+                if task_id in self.leases or task_id in self._busy or task_id in self._to_drop:
+                    continue
+                if (
+                    task.status not in QUEUED
+                    or outbound_key(task.destination, task.available_ms, tkey) != key
+                ):
+                    continue
+                reason = stale_reason(task, codec.decode_node(node_raw) if node_raw is not None else None)
+                if reason:
+                    self._to_drop[task_id] = (tkey, reason)
+                    continue
+                out.append(self._lease(task, tkey, state, stream, now))
+        found = await view.seek(Keyspace.OUTBOUND_QUEUE, end)
         if found is not None and found[0].startswith(prefix):
             return keys.read_u64(found[0][len(prefix) : len(prefix) + 8])
         return None
@@ -331,19 +339,21 @@ class OutboundExecutor:
             )
         return lease
 
-    def heartbeat(self, task_id: str, token: str, duration_ms: int) -> tuple[int, bool]:
+    async def heartbeat(self, task_id: str, token: str, duration_ms: int) -> tuple[int, bool]:
         """Extend a lease; returns (new expiry, whether the task's node moved on)."""
         lease = self.held(task_id, token)
         if not lease.settling:
             lease.expires_ms = now_ms() + (duration_ms or lease.duration_ms)
             self._schedule_expiry(lease)
-        raw = self.store.get(Keyspace.TASKS, lease.task_key)
+        expires = lease.expires_ms
+        # Durable state only: this answer leaves the server (guarantee 2).
+        view = self.engine.reads.view()
+        raw = await view.get(Keyspace.TASKS, lease.task_key)
         stale = False
         if raw is not None:
             task = codec.decode_task(raw)
-            # Durable state only: this answer leaves the server (guarantee 2).
-            stale = bool(stale_reason(task, self.engine.reads.get_node(task.address)))
-        return lease.expires_ms, stale
+            stale = bool(stale_reason(task, await self.engine.reads.get_node(task.address, view)))
+        return expires, stale
 
     def release(self, task_id: str, token: str) -> None:
         """Give a lease back: the task is available again now; the attempt does not count."""

@@ -3,6 +3,7 @@ per keyspace, and a format-version key checked on open."""
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,6 +50,83 @@ def _options() -> rocksdict.Options:
     return opts
 
 
+class SnapshotView:
+    """A durable view: one RocksDB snapshot per column family, all taken at the same moment
+    (on the event loop, between two writes)."""
+
+    __slots__ = ("_snaps",)
+
+    def __init__(self, snaps: dict[Keyspace, rocksdict.Snapshot]) -> None:
+        self._snaps = snaps
+
+    def get_now(self, keyspace: Keyspace, key: bytes) -> bytes | None:
+        try:
+            value: bytes = self._snaps[keyspace][key]
+        except Exception:  # rocksdict raises a bare Exception("key not found") for a miss
+            return None
+        return value
+
+    async def get(self, keyspace: Keyspace, key: bytes) -> bytes | None:
+        return self.get_now(keyspace, key)
+
+    async def get_many(self, keyspace: Keyspace, keys_: list[bytes]) -> list[bytes | None]:
+        get = self.get_now
+        return [get(keyspace, k) for k in keys_]
+
+    def scan_now(
+        self,
+        keyspace: Keyspace,
+        start: bytes = b"",
+        end: bytes | None = None,
+        *,
+        limit: int,
+        reverse: bool = False,
+    ) -> list[tuple[bytes, bytes]]:
+        return list(itertools.islice(_iterate(self._snaps[keyspace].iter(), start, end, reverse), limit))
+
+    async def scan(
+        self,
+        keyspace: Keyspace,
+        start: bytes = b"",
+        end: bytes | None = None,
+        *,
+        limit: int,
+        reverse: bool = False,
+    ) -> list[tuple[bytes, bytes]]:
+        return self.scan_now(keyspace, start, end, limit=limit, reverse=reverse)
+
+    async def seek(self, keyspace: Keyspace, key: bytes) -> tuple[bytes, bytes] | None:
+        it = self._snaps[keyspace].iter()
+        it.seek(key)
+        return (it.key(), it.value()) if it.valid() else None
+
+
+def _iterate(
+    it: rocksdict.RdictIter, start: bytes, end: bytes | None, reverse: bool
+) -> Iterator[tuple[bytes, bytes]]:
+    if reverse:
+        if end is None:
+            it.seek_to_last()
+        else:
+            it.seek_for_prev(end)
+            if it.valid() and it.key() >= end:
+                it.prev()
+        while it.valid():
+            k = it.key()
+            if k < start:
+                return
+            yield k, it.value()
+            it.prev()
+    else:
+        it.seek(start)
+        while it.valid():
+            k = it.key()
+            if end is not None and k >= end:
+                return
+            yield k, it.value()
+            it.next()
+
+
 class RocksStore:
     """Opens (or creates) a store folder. Only one process may hold it open at a time."""
 
@@ -81,6 +159,10 @@ class RocksStore:
         self._sync.sync = True
         self._nosync = rocksdict.WriteOptions()
         self._check_format()
+        # What recovery replayed from the WAL may never have been synced (a process that died
+        # between write and sync): make it durable before anyone reads it.
+        db.flush_wal(True)
+        self._view: SnapshotView = self._take_snapshots()
 
     def _check_format(self) -> None:
         raw = self.get(Keyspace.META, keys.META_FORMAT_VERSION)
@@ -109,33 +191,22 @@ class RocksStore:
     def scan(
         self, keyspace: Keyspace, start: bytes = b"", end: bytes | None = None, *, reverse: bool = False
     ) -> Iterator[tuple[bytes, bytes]]:
-        it = self._cfs[keyspace].iter()
-        if reverse:
-            if end is None:
-                it.seek_to_last()
-            else:
-                it.seek_for_prev(end)
-                if it.valid() and it.key() >= end:
-                    it.prev()
-            while it.valid():
-                k = it.key()
-                if k < start:
-                    return
-                yield k, it.value()
-                it.prev()
-        else:
-            it.seek(start)
-            while it.valid():
-                k = it.key()
-                if end is not None and k >= end:
-                    return
-                yield k, it.value()
-                it.next()
+        return _iterate(self._cfs[keyspace].iter(), start, end, reverse)
 
     def seek(self, keyspace: Keyspace, key: bytes) -> tuple[bytes, bytes] | None:
         it = self._cfs[keyspace].iter()
         it.seek(key)
         return (it.key(), it.value()) if it.valid() else None
+
+    def _take_snapshots(self) -> SnapshotView:
+        return SnapshotView({ks: cf.snapshot() for ks, cf in self._cfs.items()})
+
+    def durable(self) -> SnapshotView:
+        return self._view
+
+    def publish_durable(self) -> None:
+        if self._db is not None:
+            self._view = self._take_snapshots()
 
     def new_batch(self) -> RocksWriteBatch:
         return RocksWriteBatch(self._handles)
@@ -160,7 +231,8 @@ class RocksStore:
 
     def close(self) -> None:
         if self._db is not None:
-            # Column family objects hold the database open too (and with it the LOCK file).
+            # Snapshots and column family objects hold the database open too (and the LOCK file).
+            self._view = SnapshotView({})
             for cf in getattr(self, "_cfs", {}).values():
                 cf.close()
             # Clear (not replace) the dicts: write batches share the handles dict.
