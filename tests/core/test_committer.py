@@ -12,17 +12,22 @@ the server tests and the crash test cover the same guarantees):
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
+from collections.abc import Callable
 from typing import Any
 
 from statekeeper_server.core.committer import Committer, Intent, PendingCommit
 from statekeeper_server.domain.errors import NotFound
-from statekeeper_server.storage.base import Keyspace
+from statekeeper_server.storage.base import GroupWrite, Keyspace
 
 
 class _Batch:
     def __init__(self) -> None:
         self.n = 0
+
+    def set_shard(self, shard: int) -> None:
+        pass
 
     def put(self, *args: object) -> None:
         self.n += 1
@@ -35,18 +40,30 @@ class _Batch:
 
 
 class _RecordingStore:
+    """Writes like the RocksDB store: unsynced on the loop, then a slow sync on a thread."""
+
+    pipelined = True
+    fail_stop = True
+    build_shard = 0
+
     def __init__(self) -> None:
         self.log: list[str] = []
+        self._thread = concurrent.futures.ThreadPoolExecutor(1)
 
     def new_batch(self) -> _Batch:
         return _Batch()
 
-    def write(self, batch: _Batch, *, sync: bool) -> None:
+    def write_group(self, group: GroupWrite, done: Callable[[BaseException | None], None]) -> None:
         self.log.append("write")
+        loop = asyncio.get_running_loop()
 
-    def sync_wal(self) -> None:
-        time.sleep(0.003)
-        self.log.append("synced")
+        def sync() -> None:
+            group.before_sync()
+            time.sleep(0.003)
+            self.log.append("synced")
+            loop.call_soon_threadsafe(done, None)
+
+        self._thread.submit(sync)
 
     def publish_durable(self) -> None:
         self.log.append("published")

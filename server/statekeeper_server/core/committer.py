@@ -1,29 +1,34 @@
-"""The single committer: builds every queued write in order, writes each group as one batch,
-syncs it off the event loop, and answers once the group is durable.
+"""The single committer: builds every queued write in order, hands each group to the store as
+one atomic, durable write, and answers once the group is durable.
 
 Writes arrive as Intents (Engine.commit). The committer runs their builds one after another on
 the event loop, so transactions never interleave and each sees every earlier one: the store's
 live state (every group written so far) plus the group being built. It assigns the store-wide
-revision, then writes the whole group as one WriteBatch without sync and fsyncs the WAL on a
-thread (which releases the GIL); heavy writes that arrive meanwhile are built during the sync,
-light ones right after it (one wake per group). The next group is written only
-after that sync returned and the store published a new durable view, so no client ever reads
-what is not yet durable (guarantee 2) and nobody waits behind the sync to read.
+revision and hands the group to the store (`write_group`). RocksDB writes it unsynced and
+fsyncs the WAL on a thread (which releases the GIL); heavy writes that arrive meanwhile are
+built during the sync, light ones right after it (one wake per group). PostgreSQL runs one
+transaction per group (fenced by shard ownership; the revision counter row orders the commits
+of all servers) and takes one group at a time. The next group is written only after the store
+reported the previous one durable and published its durable view, so no client ever reads what
+is not yet durable (guarantee 2) and nobody waits behind a sync to read.
 
 Every intent of a group (applied, refused, replayed or a no-op) is answered only once the group
 is durable: a refusal or a replayed answer may rest on state written earlier in the group.
 
-Failures. A failpoint before the write answers the group "not applied" and goes on. A write or
-sync that fails leaves the store's state unknown (the group may sit in the memtable and reappear
-after a restart), so the committer fails stop: the group's callers are told the outcome is
-unknown (retry with the same request_id), the built-but-unwritten group and everything queued
-"not applied", every later call is refused, and the server exits (on_fatal).
+A build that reads what the store does not hold in memory (NotCached, cluster mode) is put back
+at the head of the queue; the store loads what was missing and the build runs again.
+
+Failures. A failpoint before the write answers the group "not applied" and goes on. On a local
+store a write or sync that fails leaves the state unknown (the group may sit in the memtable and
+reappear after a restart), so the committer fails stop: the group's callers are told the
+outcome is unknown (retry with the same request_id), the built-but-unwritten group and
+everything queued "not applied", every later call is refused, and the server exits (on_fatal).
+A remote store (PostgreSQL) reports not applied / unknown / shards lost, and service goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import errno
 import logging
 import time
@@ -35,7 +40,15 @@ from typing import Any
 from statekeeper_server.domain.errors import DomainError, Unavailable
 from statekeeper_server.domain.model import Event, MachineType
 from statekeeper_server.storage import keys
-from statekeeper_server.storage.base import Keyspace, Store
+from statekeeper_server.storage.base import (
+    GroupWrite,
+    Keyspace,
+    NotApplied,
+    NotCached,
+    ShardsLost,
+    Store,
+    WriteBatch,
+)
 
 log = logging.getLogger("statekeeper.commit")
 
@@ -45,7 +58,11 @@ WAKE_WEIGHT = 64
 """Queued operations that wake the committer to build while a sync is in flight."""
 
 BUILD_SLICE_S = 0.002
-"""Builds run in slices this long between looks at the sync in flight."""
+"""Builds run in slices this long between looks at the write in flight."""
+
+MAX_FAULTS = 50
+"""A build that still misses data after this many loads is refused (a defect, or a store that
+keeps losing what it loaded)."""
 
 
 @dataclass(slots=True)
@@ -59,6 +76,7 @@ class PendingCommit:
     new_types: list[MachineType]
     raw_keys: list[tuple[Keyspace, bytes]] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    shard: int = 0
 
 
 class Intent:
@@ -66,19 +84,36 @@ class Intent:
     (the sealed commit or None for a no-op, the answer) or raises a DomainError (a refusal,
     nothing written). The future resolves with the answer once its group is durable."""
 
-    __slots__ = ("answer", "build", "commit", "error", "future", "replayed", "versioned", "weight")
+    __slots__ = (
+        "answer",
+        "build",
+        "commit",
+        "error",
+        "faults",
+        "future",
+        "replayed",
+        "shard",
+        "versioned",
+        "weight",
+    )
 
     def __init__(
-        self, build: Callable[[int], tuple[PendingCommit | None, Any]], versioned: bool, weight: int = 1
+        self,
+        build: Callable[[int], tuple[PendingCommit | None, Any]],
+        versioned: bool,
+        weight: int = 1,
+        shard: int = 0,
     ) -> None:
         self.build = build
         self.versioned = versioned
         self.weight = weight  # about how many operations the build applies
+        self.shard = shard
         self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.commit: PendingCommit | None = None
         self.answer: Any = None
         self.error: BaseException | None = None
         self.replayed = False  # answered from a request_id record (maybe of an unsynced group)
+        self.faults = 0
 
 
 class InjectedFault(Exception):
@@ -89,7 +124,7 @@ def outcome_unknown(error: BaseException) -> Unavailable:
     return Unavailable(
         "COMMIT_OUTCOME_UNKNOWN",
         f"the store failed while this write was being made durable ({error}); it may or may not "
-        "have been applied: retry with the same request_id on a healthy server to learn which",
+        "have been applied: retry with the same request_id to learn which",
     )
 
 
@@ -108,20 +143,21 @@ def store_failed() -> Unavailable:
     )
 
 
+def not_owner(shard: int) -> Unavailable:
+    return Unavailable(
+        "NOT_SHARD_OWNER",
+        f"this server does not own shard {shard} (any more); nothing was applied: retry (any "
+        "server forwards to the owner)",
+        shard=shard,
+    )
+
+
 @dataclass
 class CommitStats:
     commits: int = 0
     groups: int = 0
     last_group_size: int = 0
     last_write_seconds: float = 0.0
-
-
-@dataclass
-class _Sync:
-    """A WAL sync in flight on the sync thread."""
-
-    done: bool = False
-    error: BaseException | None = None
 
 
 @dataclass
@@ -132,6 +168,16 @@ class _Group:
     size: int = 0  # key writes
     batch_size: int = 0
     started: float = 0.0
+    first: int = 0  # first revision (0: none)
+
+
+@dataclass
+class _Write:
+    """A group write in flight."""
+
+    group: _Group
+    done: bool = False
+    error: BaseException | None = None
 
 
 class Committer:
@@ -149,6 +195,9 @@ class Committer:
         on_group_start: Callable[[], None] = lambda: None,
         on_fatal: Callable[[BaseException], None],
         failpoints: dict[str, str] | None = None,
+        is_owned: Callable[[int], bool] = lambda shard: True,
+        on_shards_lost: Callable[[frozenset[int]], None] = lambda shards: None,
+        on_store_trouble: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
         self._fsync = fsync
@@ -158,14 +207,13 @@ class Committer:
         self._max_group_commits = max_group_commits
         self._linger_turns = linger_turns
         self._linger_s = linger_s
-        self._syncer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wal-sync")
         self._queue: deque[Intent] = deque()
-        self._signal: asyncio.Future[None] | None = None
-        self._syncing = False
-        self._queued_weight = 0
         self._on_durable = on_durable
         self._on_group_start = on_group_start
         self._on_fatal = on_fatal
+        self._is_owned = is_owned
+        self._on_shards_lost = on_shards_lost
+        self._on_store_trouble = on_store_trouble
         self._failpoints = dict(failpoints or {})
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -174,6 +222,10 @@ class Committer:
         self.write_listeners: list[Callable[[int, int, float], None]] = []
         self._idle: asyncio.Event = asyncio.Event()
         self._idle.set()
+        self._signal: asyncio.Future[None] | None = None
+        self._writing = False
+        self._queued_weight = 0
+        self._missing: NotCached | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="committer")
@@ -184,10 +236,10 @@ class Committer:
         self._queue.append(intent)
         self._idle.clear()
         self._queued_weight += intent.weight
-        if not self._syncing or self._queued_weight >= WAKE_WEIGHT:
-            # While a sync is in flight the committer wakes when it ends and builds what
-            # arrived meanwhile (one wake per group, not one per small write), or at once
-            # when enough work has queued to be worth building during the sync.
+        if not self._writing or (self._store.pipelined and self._queued_weight >= WAKE_WEIGHT):
+            # While a group is being written the committer wakes when that ends and builds
+            # what arrived meanwhile (one wake per group, not one per small write), or at
+            # once when enough work has queued to be worth building during a sync.
             self._wake()
 
     async def settled(self) -> None:
@@ -201,7 +253,6 @@ class Committer:
         self._wake()
         if self._task is not None:
             await self._task
-        self._syncer.shutdown(wait=True)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -211,39 +262,39 @@ class Committer:
             signal.set_result(None)
 
     async def _sleep(self) -> None:
-        """Until a write is enqueued, the committer is stopped, or the sync in flight finishes."""
+        """Until a write is enqueued, the committer is stopped, or the write in flight ends."""
         signal = self._signal = asyncio.get_running_loop().create_future()
         await signal
 
     async def _run(self) -> None:
-        syncing: tuple[_Group, _Sync] | None = None
-        building: _Group | None = None  # built, not yet written: waits for the sync in flight
+        writing: _Write | None = None
+        building: _Group | None = None  # built, not yet written: waits for the write in flight
+        pipelined = self._store.pipelined
         try:
             while True:
-                if syncing is not None and syncing[1].done:
+                if writing is not None and writing.done:
                     # Answer the durable group first: its callers send the next writes.
-                    await self._finish(*syncing, built=building)
-                    syncing = None
+                    self._finish(writing, building)
+                    writing = None
                     continue
-                if self._queue and (building is None or not self._full(building)):
+                if self._missing is not None and writing is None and building is None:
+                    await self._fault_in()
+                    continue
+                can_build = self._missing is None and (writing is None or pipelined)
+                if can_build and self._queue and (building is None or not self._full(building)):
                     if building is None:
-                        if syncing is None:
+                        if writing is None:
                             await self._linger()
                         building = self._start_group()
                     # Builds run a slice at a time. While the previous group syncs, the next
                     # one grows (fewer, larger fsyncs) and its CPU work overlaps the disk;
-                    # with nothing syncing, what one slice built is written at once.
+                    # with nothing in flight, what one slice built is written at once.
                     self._build_into(building, time.perf_counter() + BUILD_SLICE_S)
-                    if syncing is not None:
+                    if writing is not None:
                         continue
-                elif syncing is not None:
-                    if building is None or not self._full(building):
+                elif writing is not None:
+                    if not writing.done:
                         await self._sleep()
-                        continue
-                    # The next group is written only once the previous one is durable and
-                    # published: readers of the durable view never see unsynced writes.
-                    await self._finish(*syncing, built=building)
-                    syncing = None
                     continue
                 if building is not None:
                     group, building = building, None
@@ -251,9 +302,11 @@ class Committer:
                         self._resolve(group)
                         continue
                     try:
-                        syncing = (group, self._write(group))
+                        writing = self._write(group)
                     except InjectedFault as e:
                         self._refuse(group, e)
+                    continue
+                if self._missing is not None:
                     continue
                 self._idle.set()
                 if self._stopping:
@@ -284,8 +337,8 @@ class Committer:
         return group.size >= self._max_group or len(group.intents) >= self._max_group_commits
 
     def _build_into(self, group: _Group, until: float) -> None:
-        """Run queued builds in order into group, until it is full, the queue is empty, or the
-        clock passes until (at least one build runs)."""
+        """Run queued builds in order into group, until it is full, the queue is empty, the
+        clock passes until (at least one build runs), or a build misses data (NotCached)."""
         queue = self._queue
         clock = time.perf_counter
         first = True
@@ -293,25 +346,74 @@ class Committer:
             first = False
             intent = queue.popleft()
             self._queued_weight -= intent.weight
-            group.intents.append(intent)
-            revision = self.next_revision if intent.versioned else 0
+            if not self._is_owned(intent.shard):
+                intent.error = not_owner(intent.shard)
+                group.intents.append(intent)
+                continue
             try:
-                commit, intent.answer = intent.build(revision)
-            except DomainError as e:
-                intent.error = e
-                continue
-            except Exception as e:  # a defect in a build: refuse this write only
-                log.exception("building a commit failed")
-                intent.error = e
-                continue
-            if commit is None:
-                continue
-            intent.commit = commit
-            group.commits.append(commit)
-            group.size += len(commit.mutations)
-            if commit.revision:
-                group.top = commit.revision
-                self.next_revision = commit.revision + 1
+                self._run_build(intent, group)
+            except NotCached as missing:
+                # Everything built so far is written first; then the store loads what is
+                # missing and this build runs again at the head of the queue.
+                queue.appendleft(intent)
+                self._queued_weight += intent.weight
+                intent.faults += 1
+                self._missing = missing
+                return
+            group.intents.append(intent)
+
+    def _run_build(self, intent: Intent, group: _Group) -> None:
+        revision = self.next_revision if intent.versioned else 0
+        intent.commit, intent.answer, intent.error, intent.replayed = None, None, None, False
+        self._store.build_shard = intent.shard
+        try:
+            commit, intent.answer = intent.build(revision)
+        except NotCached:
+            if intent.faults >= MAX_FAULTS:
+                log.error("a write kept missing data after %d loads; refused", intent.faults)
+                intent.error = Unavailable(
+                    "STORE_UNAVAILABLE", "the store could not provide what this write needs; retry"
+                )
+                return
+            raise
+        except DomainError as e:
+            intent.error = e
+            return
+        except Exception as e:  # a defect in a build: refuse this write only
+            log.exception("building a commit failed")
+            intent.error = e
+            return
+        if commit is None:
+            return
+        commit.shard = intent.shard
+        intent.commit = commit
+        group.commits.append(commit)
+        group.size += len(commit.mutations)
+        if commit.revision:
+            if not group.first:
+                group.first = commit.revision
+            group.top = commit.revision
+            self.next_revision = commit.revision + 1
+
+    async def _fault_in(self) -> None:
+        missing, self._missing = self._missing, None
+        assert missing is not None
+        try:
+            await self._store.fault_in(missing)
+        except Exception as e:
+            # The store cannot be read now (a remote store down): refuse the write that
+            # needed it, not applied; the others go on.
+            log.warning("loading %s failed: %s", missing, e)
+            if self._queue:
+                intent = self._queue.popleft()
+                self._queued_weight -= intent.weight
+                intent.future.set_exception(
+                    Unavailable(
+                        "STORE_UNAVAILABLE", f"the store is unavailable ({e}); nothing applied: retry"
+                    )
+                )
+                intent.future.exception()
+            self._on_store_trouble()
 
     def _failpoint(self, name: str, action: str) -> bool:
         """Whether failpoint `name` fires `action` now (tests only). `action*N` fires only the
@@ -330,58 +432,94 @@ class Committer:
         self._failpoints[name] = f"{act}*{left - 1}"
         return True
 
-    def _write(self, group: _Group) -> _Sync:
-        """Write the group unsynced (on the loop: brief), start its WAL sync on a thread."""
-        if self._failpoint("commit.before_write", "error"):
-            raise InjectedFault("failpoint commit.before_write")
+    def _batch(self, group: _Group) -> WriteBatch:
         batch = self._store.new_batch()
-        put, delete = batch.put, batch.delete
+        put, delete, set_shard = batch.put, batch.delete, batch.set_shard
         for commit in group.commits:
+            set_shard(commit.shard)
             for keyspace, key, value in commit.mutations:
                 if value is None:
                     delete(keyspace, key)
                 else:
                     put(keyspace, key, value)
         if group.top:  # a group of bookkeeping writes only (revision 0) leaves the revision alone
+            set_shard(0)
             put(Keyspace.META, keys.META_REVISION, keys.u64(group.top))
         group.batch_size = len(batch)
+        return batch
+
+    def _before_sync(self) -> None:
+        """On the store's side, once the group is written and before it is durable."""
+        delay = self._failpoints.get("commit.sync_delay")
+        if delay:
+            time.sleep(float(delay))
+        if self._failpoint("commit.fsync", "error"):
+            raise OSError(errno.EIO, "failpoint commit.fsync: fsync failed")
+
+    def _rebuild(self, group: _Group, first: int) -> tuple[WriteBatch, int]:
+        """Build the group again from revision `first` (another server committed since it was
+        built; the store holds the lock that orders commits while this runs). Every build
+        reads what it read before (all in memory), so only the revisions change."""
+        self._on_group_start()
+        self.next_revision = first
+        intents = group.intents
+        group.intents, group.commits, group.size, group.top, group.first = [], [], 0, 0, 0
+        for intent in intents:
+            if intent.error is not None and not isinstance(intent.error, DomainError):
+                group.intents.append(intent)  # refused before the build (not owned)
+                continue
+            try:
+                self._run_build(intent, group)
+            except NotCached as e:  # cannot happen: the first build loaded everything
+                intent.error = Unavailable("STORE_UNAVAILABLE", f"a write's data left memory ({e}); retry")
+            group.intents.append(intent)
+        return self._batch(group), group.top
+
+    def _write(self, group: _Group) -> _Write:
+        """Hand the group to the store; the returned _Write is done once it is durable."""
+        if self._failpoint("commit.before_write", "error"):
+            raise InjectedFault("failpoint commit.before_write")
+        write = _Write(group)
+        batch = self._batch(group)
         group.started = time.perf_counter()
+        # Every shard the group's answers rest on is fenced, refusals and replays included.
+        shards = frozenset(i.shard for i in group.intents)
+
+        def done(error: BaseException | None) -> None:
+            write.done, write.error = True, error
+            self._writing = False
+            self._wake()
+
+        self._writing = True
         try:
-            self._store.write(batch, sync=False)
+            if not self._fsync:
+                self._store.write(batch, sync=False)
+                write.done = True
+                self._writing = False
+            else:
+                self._store.write_group(
+                    GroupWrite(
+                        batch,
+                        group.first,
+                        group.top,
+                        shards,
+                        self._before_sync,
+                        lambda first: self._rebuild(group, first),
+                    ),
+                    done,
+                )
         except Exception as e:
-            self._fail(group, e, "writing a commit group")
-        sync = _Sync()
-        if not self._fsync:
-            sync.done = True
-            return sync
-        self._syncing = True
-        self._syncer.submit(self._sync, sync, asyncio.get_running_loop())
-        return sync
+            self._writing = False
+            if self._store.fail_stop:
+                self._fail(group, e, "writing a commit group")
+            write.done, write.error = True, NotApplied(str(e))
+        return write
 
-    def _sync(self, sync: _Sync, loop: asyncio.AbstractEventLoop) -> None:
-        """On the sync thread: fsync the WAL, then wake the committer (one loop hop)."""
-        try:
-            delay = self._failpoints.get("commit.sync_delay")
-            if delay:
-                time.sleep(float(delay))
-            if self._failpoint("commit.fsync", "error"):
-                raise OSError(errno.EIO, "failpoint commit.fsync: fsync failed")
-            self._store.sync_wal()
-        except BaseException as e:
-            sync.error = e
-        finally:
-            loop.call_soon_threadsafe(self._synced, sync)
-
-    def _synced(self, sync: _Sync) -> None:
-        sync.done = True
-        self._syncing = False
-        self._wake()
-
-    async def _finish(self, group: _Group, sync: _Sync, built: _Group | None = None) -> None:
-        while not sync.done:
-            await self._sleep()
-        if sync.error is not None:
-            self._fail(group, sync.error, "syncing the write-ahead log", built)
+    def _finish(self, write: _Write, built: _Group | None) -> None:
+        group, error = write.group, write.error
+        if error is not None:
+            self._failed_write(group, error, built)
+            return
         elapsed = time.perf_counter() - group.started
         if self._failpoint("commit.after_write", "crash"):
             import os
@@ -390,7 +528,7 @@ class Committer:
             os._exit(70)
         self._store.publish_durable()
         if group.top:
-            self.durable_revision = group.top
+            self.durable_revision = max(self.durable_revision, group.top)
         stats = self.stats
         stats.commits += len(group.commits)
         stats.groups += 1
@@ -407,17 +545,55 @@ class Committer:
             log.exception("a durable listener failed (the commit is durable)")
         self._resolve(group)
 
+    def _failed_write(self, group: _Group, error: BaseException, built: _Group | None) -> None:
+        if self._store.fail_stop:
+            self._fail(group, error, "syncing the write-ahead log", built)
+        # A remote store: nothing of the group is in the store's memory any more either way
+        # (the store dropped what the group may have changed); revisions are read again.
+        assert built is None, "a remote store takes one group at a time"
+        if isinstance(error, ShardsLost):
+            # Not applied. Writes for shards still owned go round again; the others are
+            # refused so their callers (or the forwarding server) retry at the new owner.
+            log.warning("%s: %d writes go to the new owners", error, len(group.intents))
+            self._on_shards_lost(error.shards)
+            again = [i for i in group.intents if i.shard not in error.shards and i.error is None]
+            for intent in group.intents:
+                if intent.shard in error.shards:
+                    self._set_error(intent, not_owner(intent.shard))
+                elif intent.error is not None:
+                    self._resolve_one(intent)
+            self._queue.extendleft(reversed(again))
+            self._queued_weight += sum(i.weight for i in again)
+        else:
+            exc = not_applied(error) if isinstance(error, NotApplied) else outcome_unknown(error)
+            log.error(
+                "a commit group failed (%s): %d writes answered %s", error, len(group.intents), exc.reason
+            )
+            for intent in group.intents:
+                self._set_error(intent, exc)
+            self._on_store_trouble()
+        self.next_revision = self.durable_revision + 1
+
     @staticmethod
-    def _resolve(group: _Group) -> None:
+    def _set_error(intent: Intent, error: BaseException) -> None:
+        if not intent.future.done():
+            intent.future.set_exception(error)
+            intent.future.exception()  # retrieved: a caller that went away must not warn
+
+    @classmethod
+    def _resolve_one(cls, intent: Intent) -> None:
+        future = intent.future
+        if future.done():
+            return
+        if intent.error is not None:
+            cls._set_error(intent, intent.error)
+        else:
+            future.set_result(intent.answer)
+
+    @classmethod
+    def _resolve(cls, group: _Group) -> None:
         for intent in group.intents:
-            future = intent.future
-            if future.done():
-                continue
-            if intent.error is not None:
-                future.set_exception(intent.error)
-                future.exception()  # retrieved: a caller that went away must not warn
-            else:
-                future.set_result(intent.answer)
+            cls._resolve_one(intent)
 
     def _refuse(self, group: _Group, error: BaseException) -> None:
         """The group was not written: answer it "not applied". Queued intents were not built
@@ -428,9 +604,7 @@ class Committer:
         self.next_revision = self.durable_revision + 1
         exc = not_applied(error)
         for intent in group.intents:
-            if not intent.future.done():
-                intent.future.set_exception(exc)
-                intent.future.exception()
+            self._set_error(intent, exc)
 
     def _fail(self, group: _Group, error: BaseException, what: str, built: _Group | None = None) -> None:
         """Fail-stop: the store's state is unknown. Never returns. `group` was written (its
@@ -445,18 +619,12 @@ class Committer:
             log.critical("FATAL: %s failed (%s): stopping the server (fail-stop)", what, error)
         unknown = outcome_unknown(error)
         for intent in group.intents:
-            if not intent.future.done():
-                intent.future.set_exception(unknown)
-                intent.future.exception()
+            self._set_error(intent, unknown)
         rest = not_applied(error)
         for intent in built.intents if built is not None else ():
-            if not intent.future.done():
-                intent.future.set_exception(unknown if intent.replayed else rest)
-                intent.future.exception()
+            self._set_error(intent, unknown if intent.replayed else rest)
         for intent in self._queue:
-            if not intent.future.done():
-                intent.future.set_exception(rest)
-                intent.future.exception()
+            self._set_error(intent, rest)
         self._queue.clear()
         self._queued_weight = 0
         self._idle.set()

@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 from statekeeper_server.core.catalog import TypeCatalog
 from statekeeper_server.core.committer import Committer, Intent, Mutation, PendingCommit, store_failed
 from statekeeper_server.core.pending import PendingOverlay
+from statekeeper_server.core.shards import ShardMap, current_shard
 from statekeeper_server.core.views import ReadView, WriteView
 from statekeeper_server.domain.errors import InvalidArgument
 from statekeeper_server.domain.limits import Limits
@@ -58,8 +59,10 @@ class Engine:
         request_ttl_ms: int = 24 * 3600 * 1000,
         failpoints: dict[str, str] | None = None,
         on_fatal: Callable[[BaseException], None] = lambda e: None,
+        shards: ShardMap | None = None,
     ) -> None:
         self.store = store
+        self.shards = shards or ShardMap()
         self.limits = limits
         self.request_ttl_ms = request_ttl_ms
         self.catalog = TypeCatalog(store)
@@ -80,6 +83,7 @@ class Engine:
             on_group_start=self.pending.clear,
             on_fatal=on_fatal,
             failpoints=failpoints,
+            is_owned=self.shards.is_owned,
         )
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -137,6 +141,7 @@ class Engine:
         fingerprint: bytes = b"",
         response_codec: ResponseCodec[M] | None = None,
         weight: int = 1,
+        shard: int | None = None,
     ) -> M:
         """The general write: build(commit) reads and writes through a Commit (nodes via
         commit.transaction(), any keyspace via commit.get/put/delete, events via commit.event);
@@ -144,9 +149,12 @@ class Engine:
 
         The write is queued for the committer and stays queued whatever happens to the caller
         (a deadline, a disconnect): a retry with the same request_id then finds its outcome.
+        `shard`: the shard whose data it reads and writes (default: the call's current_shard).
         """
         idempotent = bool(request_id) and response_codec is not None
-        intent = Intent(_unset, versioned=True, weight=weight)
+        intent = Intent(
+            _unset, versioned=True, weight=weight, shard=current_shard.get() if shard is None else shard
+        )
 
         def run(revision: int) -> tuple[PendingCommit | None, M]:
             if idempotent:
@@ -182,7 +190,7 @@ class Engine:
         """Awaited before every call (the handler): refuses it once the store has failed."""
         self.admit()
 
-    async def write_unversioned(self, mutations: list[Mutation]) -> None:
+    async def write_unversioned(self, mutations: list[Mutation], shard: int | None = None) -> None:
         """Durably write bookkeeping that is not a change of state (e.g. a consumer's
         acknowledgements): no revision, no event, same group commit and fsync."""
 
@@ -192,7 +200,7 @@ class Engine:
                 raw[(keyspace, key)] = (value, 0)
             return PendingCommit(0, list(mutations), [], []), None
 
-        intent = Intent(run, versioned=False)
+        intent = Intent(run, versioned=False, shard=current_shard.get() if shard is None else shard)
         self.committer.enqueue(intent)
         await asyncio.shield(intent.future)
 

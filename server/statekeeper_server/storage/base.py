@@ -11,7 +11,8 @@ Two faces:
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 
@@ -47,6 +48,10 @@ class Keyspace(enum.Enum):
 
 
 class WriteBatch(Protocol):
+    def set_shard(self, shard: int) -> None:
+        """The shard the following writes belong to (cluster mode; one store: always 0)."""
+        ...
+
     def put(self, keyspace: Keyspace, key: bytes, value: bytes) -> None: ...
 
     def delete(self, keyspace: Keyspace, key: bytes) -> None: ...
@@ -74,8 +79,10 @@ class DurableView(Protocol):
         *,
         limit: int,
         reverse: bool = False,
+        shards: Collection[int] | None = None,
     ) -> list[tuple[bytes, bytes]]:
-        """Up to limit pairs with start <= key < end, in key order (descending when reverse)."""
+        """Up to limit pairs with start <= key < end, in key order (descending when reverse);
+        with shards, only keys of those shards (cluster mode)."""
         ...
 
     async def seek(self, keyspace: Keyspace, key: bytes) -> tuple[bytes, bytes] | None:
@@ -83,17 +90,41 @@ class DurableView(Protocol):
         ...
 
 
+@dataclass
+class GroupWrite:
+    """What the committer hands the store for one commit group."""
+
+    batch: WriteBatch
+    first_revision: int  # 0: a group of bookkeeping only
+    top_revision: int
+    shards: frozenset[int]  # the shards the group writes (fenced in cluster mode)
+    # Runs where the group's outcome becomes certain (before the fsync / the COMMIT): the
+    # committer's failpoints.
+    before_sync: Callable[[], None]
+    # Builds the group again from another first revision (cluster mode: another server
+    # committed since); returns the new batch and top revision.
+    rebuild: Callable[[int], tuple[WriteBatch, int]]
+
+
 class Store(Protocol):
-    def get(self, keyspace: Keyspace, key: bytes) -> bytes | None: ...
+    # True: the committer may build the next group while one is being written (RocksDB: the
+    # group is in the memtable before its sync). False: one group at a time (PostgreSQL).
+    pipelined: bool
+    # True: a failed group write leaves the store unknown, the server must stop (a local
+    # disk). False: the store stays usable, the failed group is reported (a remote database).
+    fail_stop: bool
+    # The shard whose data the next build reads (set by the committer before each build).
+    build_shard: int
+
+    def get(self, keyspace: Keyspace, key: bytes) -> bytes | None:
+        """Live state, for builds only; may raise NotCached (cluster mode)."""
+        ...
 
     def scan(
         self, keyspace: Keyspace, start: bytes = b"", end: bytes | None = None, *, reverse: bool = False
     ) -> Iterator[tuple[bytes, bytes]]:
-        """Pairs with start <= key < end in key order (descending when reverse)."""
-        ...
-
-    def seek(self, keyspace: Keyspace, key: bytes) -> tuple[bytes, bytes] | None:
-        """The first pair whose key is >= key."""
+        """Pairs with start <= key < end in key order (descending when reverse). Live state, for
+        builds and housekeeping; may raise NotCached (cluster mode)."""
         ...
 
     def durable(self) -> DurableView:
@@ -107,12 +138,17 @@ class Store(Protocol):
     def new_batch(self) -> WriteBatch: ...
 
     def write(self, batch: WriteBatch, *, sync: bool) -> None:
-        """Write the whole batch atomically; with sync, return only once it is on disk."""
+        """Write a batch of housekeeping atomically, outside the committer's groups."""
         ...
 
-    def sync_wal(self) -> None:
-        """Make every write so far durable (fsync the write-ahead log). Blocking; safe to call
-        from another thread, and must not hold the GIL while it waits on the disk."""
+    def write_group(self, group: GroupWrite, done: Callable[[BaseException | None], None]) -> None:
+        """Start writing a commit group durably; call done(None) once it is durable (on the
+        event loop), or done(error): NotApplied, OutcomeUnknown, ShardsLost, or any other
+        error (the store's state is unknown). Raising here: nothing was written."""
+        ...
+
+    async def fault_in(self, missing: NotCached) -> None:
+        """Load what a build missed (cluster mode)."""
         ...
 
     def checkpoint(self, path: str) -> None:
@@ -124,3 +160,31 @@ class Store(Protocol):
 
 class StoreError(Exception):
     """The store cannot be opened or used; the message says why in words a person can act on."""
+
+
+class NotCached(Exception):
+    """A build read something the store does not hold in memory (cluster mode): the committer
+    loads it (fault_in) and runs the build again. `end` None: the single key `start`."""
+
+    def __init__(self, shard: int, keyspace: Keyspace, start: bytes, end: bytes | None = None) -> None:
+        super().__init__(f"{keyspace.value} {start!r}..{end!r} of shard {shard} is not in memory")
+        self.shard = shard
+        self.keyspace = keyspace
+        self.start = start
+        self.end = end
+
+
+class NotApplied(Exception):
+    """A group write failed before anything became durable: nothing of it was applied."""
+
+
+class OutcomeUnknown(Exception):
+    """A group write failed while being made durable: it may or may not have been applied."""
+
+
+class ShardsLost(Exception):
+    """The group writes shards this server no longer owns (fencing): nothing was applied."""
+
+    def __init__(self, shards: frozenset[int]) -> None:
+        super().__init__(f"this server no longer owns shard(s) {sorted(shards)}")
+        self.shards = shards

@@ -3,15 +3,17 @@ per keyspace, and a format-version key checked on open."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 import rocksdict
 
 from statekeeper_server.storage import keys
-from statekeeper_server.storage.base import Keyspace, StoreError, WriteBatch
+from statekeeper_server.storage.base import GroupWrite, Keyspace, NotCached, StoreError, WriteBatch
 
 # Bump when the on-disk layout changes incompatibly; an older server refuses a newer store.
 FORMAT_VERSION = 1
@@ -24,6 +26,9 @@ class RocksWriteBatch:
         self._batch = rocksdict.WriteBatch(raw_mode=True)
         self._handles = handles
         self._count = 0
+
+    def set_shard(self, shard: int) -> None:
+        """One store holds one shard: nothing to do."""
 
     def put(self, keyspace: Keyspace, key: bytes, value: bytes) -> None:
         self._batch.put(key, value, self._handles[keyspace])
@@ -92,6 +97,7 @@ class SnapshotView:
         *,
         limit: int,
         reverse: bool = False,
+        shards: Collection[int] | None = None,
     ) -> list[tuple[bytes, bytes]]:
         return self.scan_now(keyspace, start, end, limit=limit, reverse=reverse)
 
@@ -130,6 +136,10 @@ def _iterate(
 class RocksStore:
     """Opens (or creates) a store folder. Only one process may hold it open at a time."""
 
+    pipelined = True  # a written group is in the memtable: the next one may build on it
+    fail_stop = True  # a failed write or sync leaves the local store unknown
+    build_shard = 0
+
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         try:
@@ -155,6 +165,7 @@ class RocksStore:
         assert db is not None
         self._cfs = {ks: db.get_column_family(ks.value) for ks in Keyspace}
         self._handles = {ks: db.get_column_family_handle(ks.value) for ks in Keyspace}
+        self._syncer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wal-sync")
         self._sync = rocksdict.WriteOptions()
         self._sync.sync = True
         self._nosync = rocksdict.WriteOptions()
@@ -217,6 +228,26 @@ class RocksStore:
             raise StoreError("the store is closed")
         self._db.write(batch._batch, self._sync if sync else self._nosync)
 
+    def write_group(self, group: GroupWrite, done: Callable[[BaseException | None], None]) -> None:
+        """Write the group unsynced (brief, on the loop), fsync the WAL on the sync thread (it
+        releases the GIL, so the loop keeps serving), then call done on the loop."""
+        self.write(group.batch, sync=False)
+        loop = asyncio.get_running_loop()
+
+        def sync() -> None:
+            error: BaseException | None = None
+            try:
+                group.before_sync()
+                self.sync_wal()
+            except BaseException as e:
+                error = e
+            loop.call_soon_threadsafe(done, error)
+
+        self._syncer.submit(sync)
+
+    async def fault_in(self, missing: NotCached) -> None:
+        raise AssertionError("the embedded store holds everything: nothing is ever missing")
+
     def sync_wal(self) -> None:
         # FlushWAL(sync=true): fsyncs the WAL; rocksdict releases the GIL during it (measured).
         db = self._db
@@ -240,3 +271,5 @@ class RocksStore:
             self._handles.clear()
             self._db.close()
             self._db = None
+        if hasattr(self, "_syncer"):
+            self._syncer.shutdown(wait=True)
