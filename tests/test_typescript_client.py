@@ -6,6 +6,7 @@ server with tokens."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -19,7 +20,9 @@ import pytest
 from tests.server.test_security import ADMIN, Pki, pki  # noqa: F401 (the certificates fixture)
 from tests.support import ServerProcess
 
-CLIENT = Path(__file__).resolve().parent.parent / "clients" / "typescript"
+ROOT = Path(__file__).resolve().parent.parent
+CLIENT = ROOT / "clients" / "typescript"
+README = ROOT / "README.md"
 TESTS = [
     "register type, create root, add child, get by root/type:id",
     "transition with compare-and-swap and request ids",
@@ -138,3 +141,34 @@ def test_typescript_client_against_real_servers(
     }
     assert set(TESTS) <= passed, report
     assert "# fail 0" in result.stdout, report
+
+
+def test_readme_typescript_example_typechecks_and_runs(
+    built_client: Path, fresh_server: ServerProcess
+) -> None:
+    block = re.search(r"```ts\n(.*?)```", README.read_text(), re.S)
+    assert block is not None
+    script = built_client / "dist" / "readme-example.mts"  # inside the package: imports it by name
+    script.write_text(block.group(1).replace("127.0.0.1:50051", fresh_server.address))
+    tsc = [
+        "node_modules/.bin/tsc",
+        "--noEmit",
+        "--strict",
+        "--target",
+        "es2022",
+        "--module",
+        "nodenext",
+        "--types",
+        "node",
+        "--skipLibCheck",
+        str(script),
+    ]
+    checked = subprocess.run(tsc, cwd=built_client, capture_output=True, text=True, timeout=120)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    compiled = script.with_suffix(".mjs")  # it uses no TypeScript-only syntax: it runs as JavaScript
+    compiled.write_text(script.read_text())
+    result = subprocess.run(
+        ["node", str(compiled)], cwd=built_client, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["paid", "INVALID_TRANSITION paid"]
