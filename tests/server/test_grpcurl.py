@@ -125,3 +125,24 @@ def test_reflection_v1_lists_and_resolves_symbols(server: ServerProcess) -> None
     assert v1.package == "grpc.reflection.v1"
     assert v1.service[0].method[0].input_type == ".grpc.reflection.v1.ServerReflectionRequest"
     assert missing.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
+
+
+def test_reflection_needs_no_token(grpcurl: Path, tmp_path: Path) -> None:
+    token = "adm-" + "x" * 28
+    proc = ServerProcess(tmp_path / "data", env={"STATEKEEPER_TOKENS": f"{token} admin ops"}).start()
+    try:
+        described = run(grpcurl, proc, "describe", "statekeeper.v1.NodeService.GetNode")  # v1alpha
+        assert described.returncode == 0, described.stderr
+        (listed,) = reflect_v1(proc, reflection_pb2.ServerReflectionRequest(list_services=""))
+        assert "statekeeper.v1.NodeService" in {s.name for s in listed.list_services_response.service}
+        call = run(grpcurl, proc, "statekeeper.v1.MachineTypeService/ListMachineTypes", flags=["-d", "{}"])
+        assert call.returncode != 0 and "Unauthenticated" in call.stderr  # the API itself does
+        authorized = run(
+            grpcurl,
+            proc,
+            "statekeeper.v1.MachineTypeService/ListMachineTypes",
+            flags=["-d", "{}", "-H", f"authorization: Bearer {token}"],
+        )
+        assert authorized.returncode == 0, authorized.stderr
+    finally:
+        proc.kill()
