@@ -227,10 +227,6 @@ export class StatekeeperClient {
     this.session.abort();
   }
 
-  [Symbol.dispose](): void {
-    this.close();
-  }
-
   private async call<T>(fn: (options: CallOptions) => Promise<T>): Promise<T> {
     try {
       return await fn({ timeoutMs: this.timeoutMs });
@@ -319,7 +315,7 @@ export class StatekeeperClient {
       }
     };
     // The server ends a watch only when it shuts down: open it again.
-    yield* this.streaming(open, { reconnect, reopenOnEnd: true, signal });
+    yield* this.streaming(open, { reconnect, reopenOnEnd: reconnect, signal });
   }
 
   /** Create a named durable consumer: it keeps its position (what is acknowledged) on the server. */
