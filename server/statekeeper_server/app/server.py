@@ -11,10 +11,9 @@ from collections.abc import Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 
 from statekeeper.v1 import admin_pb2, event_pb2, machine_type_pb2, node_pb2, savepoint_pb2, task_pb2
-from statekeeper_server.app import gauges, metrics, security
+from statekeeper_server.app import gauges, metrics, reflection, security
 from statekeeper_server.app.config import Config, task_settings
 from statekeeper_server.core.engine import Engine
 from statekeeper_server.entrypoints.grpc.admin import AdminServicer
@@ -140,7 +139,7 @@ class StatekeeperServer:
         names = [d.full_name for d in self.services] + [
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         ]
-        reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
+        reflection.enable(server, names)
         if self.credentials is not None:
             try:
                 self.port = server.add_secure_port(cfg.listen, self.credentials)
