@@ -41,6 +41,10 @@ def _failpoints(text: str) -> dict[str, str]:
 class Config:
     listen: str = "127.0.0.1:50051"
     data_dir: str = "./statekeeper-data"
+    store: str = ""
+    advertise: str = ""
+    shards: int = 64
+    lease_s: float = 5.0
     fsync: bool = True
     request_ttl_s: float = 24 * 3600
     max_message_bytes: int = 16 * 1024 * 1024
@@ -74,7 +78,11 @@ class Config:
 
 _HELP = {
     "listen": "address to serve gRPC on (host:port; port 0 picks a free one)",
-    "data_dir": "folder of the embedded RocksDB store (created if missing)",
+    "data_dir": "folder of the embedded RocksDB store (created if missing); unused with --store",
+    "store": "cluster mode: postgresql://USER[:PASSWORD]@HOST:PORT/DB, shared by every server; empty: the embedded store in --data-dir",
+    "advertise": "cluster mode: the host:port other servers reach this one at (empty: the listen address)",
+    "shards": "cluster mode: logical shards of a new store (fixed when the store is created)",
+    "lease_s": "cluster mode: shard lease time: a dead server's shards move within about this long",
     "fsync": "fsync every commit group before answering (true/false); false: a power loss or OS crash can lose acknowledged writes",
     "request_ttl_s": "seconds a request_id's outcome is kept for retries",
     "max_message_bytes": "largest gRPC message accepted or sent, in bytes",
@@ -160,6 +168,12 @@ def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) 
     for name in ("max_data_bytes", "max_payload_bytes"):
         if getattr(limits, name) >= args["max_message_bytes"]:
             parser.error(f"--{name.replace('_', '-')} must be smaller than --max-message-bytes")
+    if args["store"] and not args["store"].startswith(("postgresql://", "postgres://")):
+        parser.error("--store must be a postgresql://USER[:PASSWORD]@HOST:PORT/DB address")
+    if not 1 <= args["shards"] <= 4096:
+        parser.error("--shards must be between 1 and 4096")
+    if args["lease_s"] < 0.5:
+        parser.error("--lease-s must be at least 0.5")
     return Config(**args, limits=limits)
 
 

@@ -28,9 +28,10 @@ class StateGauges:
     (Keyspace.OUTBOUND_QUEUE: leased ones included, since a lease lives in memory and the task
     stays queued until it is settled), and one consumer-lag series per durable consumer."""
 
-    def __init__(self, store: Store, consumers: ConsumerManager) -> None:
-        self.timers = sum(1 for _ in store.scan(Keyspace.TIMERS))
-        self.outbound = sum(1 for _ in store.scan(Keyspace.OUTBOUND_QUEUE))
+    def __init__(self, store: Store | None, consumers: ConsumerManager) -> None:
+        """store None (cluster mode): the counts cover this server's commits since it started."""
+        self.timers = sum(1 for _ in store.scan(Keyspace.TIMERS)) if store is not None else 0
+        self.outbound = sum(1 for _ in store.scan(Keyspace.OUTBOUND_QUEUE)) if store is not None else 0
         self._consumers = consumers
         self._consumer_names: set[str] = set()
         for name in consumers.names():
@@ -65,7 +66,7 @@ class StateGauges:
 def instrument(server: StatekeeperServer) -> None:
     """Wire a server's event streams, consumers and task indexes into the gauges. Call before
     the engine starts, so no commit falls between the counting scan and the listener."""
-    gauges = StateGauges(server.store, server.consumers)
+    gauges = StateGauges(server.store if server.cluster is None else None, server.consumers)
     server.engine.durable_listeners.append(gauges.on_durable)
     events = server.event_servicer
     outbound = server.tasks.outbound

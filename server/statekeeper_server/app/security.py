@@ -139,6 +139,18 @@ def server_credentials(config: Config) -> grpc.ServerCredentials | None:
     )
 
 
+def peer_credentials(config: Config) -> grpc.ChannelCredentials | None:
+    """How this server calls the others of its cluster (forwarding): with TLS on, it trusts
+    --tls-client-ca-file (or, without one, its own certificate: every server shares it) and
+    presents its own certificate (mutual TLS)."""
+    if not config.tls_cert_file:
+        return None
+    cert = _read(config.tls_cert_file, "--tls-cert-file")
+    key = _read(config.tls_key_file, "--tls-key-file")
+    ca = _read(config.tls_client_ca_file, "--tls-client-ca-file") if config.tls_client_ca_file else cert
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+
 def is_loopback(listen: str) -> bool:
     host = listen.rpartition(":")[0].strip("[]")
     return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import uuid
 from collections.abc import Callable
 
 import grpc
@@ -15,18 +16,24 @@ from grpc_health.v1.health import aio as health_aio
 from statekeeper.v1 import admin_pb2, event_pb2, machine_type_pb2, node_pb2, savepoint_pb2, task_pb2
 from statekeeper_server.app import gauges, metrics, reflection, security
 from statekeeper_server.app.config import Config, task_settings
+from statekeeper_server.cluster.events import EventTail
+from statekeeper_server.cluster.membership import Membership
 from statekeeper_server.core.engine import Engine
+from statekeeper_server.core.shards import ShardMap
 from statekeeper_server.entrypoints.grpc.admin import AdminServicer
 from statekeeper_server.entrypoints.grpc.auth import AuthInterceptor
 from statekeeper_server.entrypoints.grpc.events import EventServicer
+from statekeeper_server.entrypoints.grpc.forwarding import Forwarder
 from statekeeper_server.entrypoints.grpc.handler import (
     CallObserver,
+    ClusterRouting,
     ConcurrencyLimit,
     StreamLimit,
     generic_handler,
 )
 from statekeeper_server.entrypoints.grpc.machine_types import MachineTypeServicer
 from statekeeper_server.entrypoints.grpc.nodes import NodeServicer
+from statekeeper_server.entrypoints.grpc.routing import Router
 from statekeeper_server.entrypoints.grpc.savepoints import SavepointServicer
 from statekeeper_server.entrypoints.grpc.tasks import TaskServicer
 from statekeeper_server.features.events.consumers import ConsumerManager
@@ -35,6 +42,9 @@ from statekeeper_server.features.events.retention import EventCompactor, Retenti
 from statekeeper_server.features.savepoints.runs import Runs
 from statekeeper_server.features.savepoints.tree_snapshots import TreeSnapshots
 from statekeeper_server.features.tasks.executors import TaskExecutors
+from statekeeper_server.storage import keys
+from statekeeper_server.storage.base import Keyspace, Store
+from statekeeper_server.storage.postgres import PgStore, ShardTable
 from statekeeper_server.storage.rocksdb import RocksStore
 
 log = logging.getLogger("statekeeper.server")
@@ -45,16 +55,51 @@ FATAL_GRACE_S = 1.0
 (writes with UNAVAILABLE), then in-flight calls get FATAL_GRACE_S to finish."""
 
 
+async def open_store(config: Config) -> Store:
+    """The store the configuration names: PostgreSQL (cluster mode) or the embedded RocksDB."""
+    if config.store:
+        return await PgStore.open(config.store, config.shards)
+    return RocksStore(config.data_dir)
+
+
 class StatekeeperServer:
     """One server process's worth of parts, started and stopped together."""
 
-    def __init__(self, config: Config, on_fatal: Callable[[BaseException], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        on_fatal: Callable[[BaseException], None] | None = None,
+        store: Store | None = None,
+    ) -> None:
         self.config = config
         # Read certificates and tokens first: a bad one stops the start before the store opens.
         self.tokens = security.load_tokens(config)
         self.credentials = security.server_credentials(config)
         self.metrics_http: metrics.MetricsHTTP | None = None
-        self.store = RocksStore(config.data_dir)
+        self.store: Store = store if store is not None else RocksStore(config.data_dir)
+        self.cluster: PgStore | None = self.store if isinstance(self.store, PgStore) else None
+        self.shards = ShardMap(self.cluster.shard_count if self.cluster is not None else 1)
+        self.membership: Membership | None = None
+        self.server_id = uuid.uuid4().hex[:12]
+        self.routing: ClusterRouting | None = None
+        if self.cluster is not None:
+            store_ = self.cluster
+
+            async def shard_of_task(task_id: str) -> int | None:
+                key = keys.task_key(task_id)
+                return await store_.shard_of_key(Keyspace.TASKS, key) if key is not None else None
+
+            self.routing = ClusterRouting(
+                Router(self.shards, shard_of_task),
+                Forwarder(
+                    self.shards,
+                    self.server_id,
+                    lambda: self.membership.refresh_soon() if self.membership is not None else None,
+                    security.peer_credentials(config),
+                    config.max_message_bytes,
+                ),
+                self.shards,
+            )
         self.engine = Engine(
             self.store,
             config.limits,
@@ -62,6 +107,7 @@ class StatekeeperServer:
             request_ttl_ms=int(config.request_ttl_s * 1000),
             failpoints=config.failpoints,
             on_fatal=on_fatal or (lambda e: None),
+            shards=self.shards,
         )
         self.observers: list[CallObserver] = []
         self.limit = ConcurrencyLimit(
@@ -85,10 +131,18 @@ class StatekeeperServer:
                 self.engine, config.backup_dir
             ),
         }
-        # The event stream: the hub learns of every durable commit; consumers persist positions.
+        # The event stream: the hub learns of every durable commit (one server) or reads every
+        # server's commits from the shared store (cluster); consumers persist positions.
         self.events = EventHub(self.store, self.engine.durable_revision)
-        self.engine.durable_listeners.append(self.events.on_durable)
-        self.consumers = ConsumerManager(self.store, self.events, self.engine.write_unversioned)
+        self.tail: EventTail | None = None
+        if self.cluster is not None:
+            self.tail = EventTail(self.cluster, self.events, self.engine.catalog)
+            self.engine.committer.revision_hint = lambda: self.events.durable_revision
+        else:
+            self.engine.durable_listeners.append(self.events.on_durable)
+        self.consumers = ConsumerManager(
+            self.store, self.events, self.engine.write_unversioned, load=self.cluster is None
+        )
         self.compactor = EventCompactor(
             self.store,
             self.events,
@@ -131,6 +185,7 @@ class StatekeeperServer:
                     self.limit,
                     self.streams,
                     self.engine.durable_barrier,
+                    self.routing,
                 )
                 for descriptor, servicer in self.services.items()
             ]
@@ -152,24 +207,39 @@ class StatekeeperServer:
             self.port = server.add_insecure_port(cfg.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {cfg.listen}")
+        if self.cluster is not None:
+            await self._join_cluster()
         if cfg.metrics_listen:
             metrics.instrument(self)
             gauges.instrument(self)
             self.metrics_http = metrics.MetricsHTTP(cfg.metrics_listen)
-        await self.engine.start()
+        await self.engine.start(sweep=self.cluster is None)
         self.tasks.start()
-        self.compactor.start()
+        if self.tail is not None:
+            self.tail.start()
+        else:
+            self.compactor.start()
         await server.start()
         self.grpc_server = server
         for name in ["", *names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info(
-            "serving on %s (data %s, fsync %s, revision %d)",
-            self.address,
-            os.path.abspath(cfg.data_dir),
-            "on" if cfg.fsync else "OFF",
-            self.engine.durable_revision,
-        )
+        if self.cluster is not None:
+            log.info(
+                "serving on %s (cluster store %s, %d of %d shards, revision %d)",
+                self.address,
+                _safe_dsn(cfg.store),
+                len(self.shards.owned),
+                self.shards.count,
+                self.engine.durable_revision,
+            )
+        else:
+            log.info(
+                "serving on %s (data %s, fsync %s, revision %d)",
+                self.address,
+                os.path.abspath(cfg.data_dir),
+                "on" if cfg.fsync else "OFF",
+                self.engine.durable_revision,
+            )
         self._log_security()
         if cfg.ready_file:
             tmp = cfg.ready_file + ".tmp"
@@ -177,6 +247,28 @@ class StatekeeperServer:
                 extra = {"metrics_address": self.metrics_http.address} if self.metrics_http else {}
                 json.dump({"address": self.address, "pid": os.getpid(), **extra}, f)
             os.replace(tmp, cfg.ready_file)
+
+    @property
+    def advertised(self) -> str:
+        return self.config.advertise or self.address
+
+    async def _join_cluster(self) -> None:
+        assert self.cluster is not None
+        self.cluster.server_id = self.server_id
+        table = ShardTable(self.cluster.pool, self.server_id, self.advertised, self.config.lease_s)
+
+        def gained(shards: set[int]) -> None:
+            self.tasks.timers.wake()
+
+        self.membership = Membership(
+            self.cluster,
+            table,
+            self.shards,
+            self.config.lease_s,
+            on_gained=gained,
+            drain=self.engine.settled,
+        )
+        await self.membership.start()
 
     def _log_security(self) -> None:
         cfg = self.config
@@ -197,8 +289,16 @@ class StatekeeperServer:
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace)
         self.compactor.stop()
+        if self.membership is not None:
+            await self.membership.stop()
+        if self.tail is not None:
+            await self.tail.stop()
+        if self.routing is not None:
+            await self.routing.forwarder.close()
         await self.engine.close()
         self.store.close()
+        if self.cluster is not None:
+            await self.cluster.aclose()
         if self.metrics_http is not None:
             await asyncio.to_thread(self.metrics_http.close)
         log.info("stopped; store closed at revision %d", self.engine.durable_revision)
@@ -218,7 +318,10 @@ async def serve(config: Config) -> int:
         exit_code = 70
         stop.set()
 
-    server = StatekeeperServer(config, on_fatal=fatal)
+    # A bad certificate or token file stops the start before the store is opened or created.
+    security.load_tokens(config)
+    security.server_credentials(config)
+    server = StatekeeperServer(config, on_fatal=fatal, store=await open_store(config))
     import signal
 
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -235,3 +338,12 @@ async def serve(config: Config) -> int:
         await asyncio.sleep(FATAL_DRAIN_S)
     await server.stop(grace)
     return exit_code
+
+
+def _safe_dsn(dsn: str) -> str:
+    """The store address without its password, for the log."""
+    scheme, sep, rest = dsn.partition("://")
+    if not sep or "@" not in rest:
+        return dsn
+    credentials, _, host = rest.rpartition("@")
+    return f"{scheme}://{credentials.split(':', 1)[0]}@{host}"

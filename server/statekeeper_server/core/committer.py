@@ -226,6 +226,7 @@ class Committer:
         self._writing = False
         self._queued_weight = 0
         self._missing: NotCached | None = None
+        self.revision_hint: Callable[[], int] | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="committer")
@@ -331,6 +332,11 @@ class Committer:
 
     def _start_group(self) -> _Group:
         self._on_group_start()
+        hint = self.revision_hint
+        if hint is not None and not self._writing:
+            # Other servers' commits (cluster mode): build from the newest revision known, so
+            # the store rarely has to ask for the group again.
+            self.next_revision = max(self.next_revision, hint() + 1)
         return _Group([], [], 0)
 
     def _full(self, group: _Group) -> bool:

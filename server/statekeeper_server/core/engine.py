@@ -95,11 +95,12 @@ class Engine:
     def next_revision(self) -> int:
         return self.committer.next_revision
 
-    async def start(self, sweep_interval_s: float = 60.0) -> None:
+    async def start(self, sweep_interval_s: float = 60.0, sweep: bool = True) -> None:
         self.committer.start()
-        self._sweeper = asyncio.get_running_loop().create_task(
-            self._sweep_loop(sweep_interval_s), name="sweeper"
-        )
+        if sweep:
+            self._sweeper = asyncio.get_running_loop().create_task(
+                self._sweep_loop(sweep_interval_s), name="sweeper"
+            )
 
     async def close(self) -> None:
         if self._sweeper is not None:

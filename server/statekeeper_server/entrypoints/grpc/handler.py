@@ -23,8 +23,11 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 
+from statekeeper_server.core.shards import ShardMap, current_shard
 from statekeeper_server.domain.errors import DomainError, InvalidArgument, ResourceExhausted
 from statekeeper_server.entrypoints.grpc.errors import rich_status
+from statekeeper_server.entrypoints.grpc.forwarding import FORWARDED_HEADER, Forwarder, not_owner_here
+from statekeeper_server.entrypoints.grpc.routing import Router
 
 log = logging.getLogger("statekeeper.rpc")
 
@@ -211,9 +214,10 @@ def generic_handler(
     limit: ConcurrencyLimit | None = None,
     streams: StreamLimit | None = None,
     barrier: Callable[[], Awaitable[None]] | None = None,
+    cluster: ClusterRouting | None = None,
 ) -> grpc.GenericRpcHandler:
-    """`barrier` is awaited before each call runs, so no call reads what is written but not
-    yet fsynced (engine.durable_barrier)."""
+    """`barrier` is awaited before each call runs (engine.durable_barrier: refuses every call
+    once the store has failed). `cluster` (cluster mode) routes writes to their shard's owner."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in descriptor.methods:
         impl = getattr(servicer, method.name)
@@ -231,24 +235,55 @@ def generic_handler(
                     limit,
                     streams if method.name in StreamLimit.METHODS else None,
                     barrier,
+                    cluster,
                 ),
                 request_deserializer=deserialize,
-                response_serializer=lambda m: m.SerializeToString(),
+                response_serializer=_serialize,
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(impl, full_name, observers, has_request_id, limit, barrier),
+                _wrap_unary(impl, full_name, observers, has_request_id, limit, barrier, cluster),
                 request_deserializer=deserialize,
-                response_serializer=lambda m: m.SerializeToString(),
+                response_serializer=_serialize,
             )
     return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
 
 
+def _serialize(message: Message | bytes) -> bytes:
+    # A forwarded call's answer arrives as bytes and leaves as they came.
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+class ClusterRouting:
+    """Cluster mode: which shard a call writes (routing.py), and how it reaches the owner
+    (forwarding.py) when that is another server."""
+
+    def __init__(self, router: Router, forwarder: Forwarder, shards: ShardMap) -> None:
+        self.router = router
+        self.forwarder = forwarder
+        self.shards = shards
+
+    async def route(self, name: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> int | None:
+        """The shard to forward the call to; None: serve it here (with current_shard set)."""
+        if not self.router.routed(name):
+            return None
+        shard = await self.router.shard(name, request)
+        if shard is None:
+            return None
+        current_shard.set(shard)
+        if self.shards.is_owned(shard):
+            return None
+        if any(k == FORWARDED_HEADER for k, _ in context.invocation_metadata() or ()):
+            raise not_owner_here(shard)  # no second hop: the forwarding server looks again
+        return shard
+
+
 class _CallState:
-    __slots__ = ("error",)
+    __slots__ = ("error", "forward")
 
     def __init__(self) -> None:
         self.error: DomainError | None = None
+        self.forward: int | None = None  # the shard to forward the call to
 
 
 @contextlib.asynccontextmanager
@@ -261,6 +296,7 @@ async def _call(
     limit: ConcurrencyLimit | None,
     barrier: Callable[[], Awaitable[None]] | None,
     reset_context: bool,
+    cluster: ClusterRouting | None = None,
 ) -> AsyncIterator[_CallState]:
     """What every call goes through, unary or streaming: load shedding, the request id in the
     log context, the in-flight count, malformed requests refused, the durable barrier, domain
@@ -283,6 +319,8 @@ async def _call(
         try:
             if barrier is not None:
                 await barrier()
+            if cluster is not None:
+                call.forward = await cluster.route(name, request, context)
             yield call
         except DomainError as e:
             call.error = e
@@ -308,9 +346,16 @@ def _wrap_unary(
     has_request_id: bool,
     limit: ConcurrencyLimit | None,
     barrier: Callable[[], Awaitable[None]] | None = None,
+    cluster: ClusterRouting | None = None,
 ) -> Callable[..., Any]:
     async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        async with _call(request, context, name, observers, has_request_id, limit, barrier, True):
+        async with _call(
+            request, context, name, observers, has_request_id, limit, barrier, True, cluster
+        ) as call:
+            if call.forward is not None and cluster is not None:
+                answer = await cluster.forwarder.unary(call.forward, name, request, context)
+                if answer is not None:
+                    return answer
             return await impl(request, context)
 
     return handle
@@ -324,9 +369,18 @@ def _wrap_stream(
     limit: ConcurrencyLimit | None,
     streams: StreamLimit | None = None,
     barrier: Callable[[], Awaitable[None]] | None = None,
+    cluster: ClusterRouting | None = None,
 ) -> Callable[..., Any]:
     async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        async with _call(request, context, name, observers, has_request_id, limit, barrier, False) as call:
+        async with _call(
+            request, context, name, observers, has_request_id, limit, barrier, False, cluster
+        ) as call:
+            if call.forward is not None and cluster is not None:
+                relayed = await cluster.forwarder.stream(call.forward, name, request, context)
+                if relayed is not None:
+                    async for message in relayed:
+                        yield message
+                    return
             counted = False
             try:
                 if streams is not None:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,11 +78,18 @@ Persist = Callable[[list[tuple[Keyspace, bytes, bytes | None]]], Awaitable[None]
 
 
 class ConsumerManager:
-    def __init__(self, store: Store, hub: EventHub, persist: Persist) -> None:
+    def __init__(self, store: Store, hub: EventHub, persist: Persist, load: bool = True) -> None:
+        """load: read every consumer from the store now (one server; in cluster mode each
+        server loads the consumers of the shards it takes, with `adopt`)."""
         self._hub = hub
         self._persist = persist
         self._states: dict[str, ConsumerState] = {}
-        for _, raw in store.scan(Keyspace.CONSUMERS):
+        if load:
+            self.adopt(raw for _, raw in store.scan(Keyspace.CONSUMERS))
+
+    def adopt(self, records: Iterable[bytes]) -> None:
+        """Serve these consumers (their stored records) from now on."""
+        for raw in records:
             record = ConsumerRecord(*codec.decode_consumer(raw))
             self._states[record.name] = ConsumerState(record, after(record.floor))
 

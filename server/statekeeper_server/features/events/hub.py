@@ -41,15 +41,23 @@ class EventHub:
     # -- fed by the engine -------------------------------------------------------------------
 
     def on_durable(self, group: list[PendingCommit]) -> None:
-        events, positions = self._events, self._positions
+        """A durable listener (one server): every commit reaches the hub through here."""
         top = self.durable_revision
+        events: list[Event] = []
         for commit in group:
             if commit.revision:
                 top = commit.revision
-                for e in commit.events:
-                    events.append(e)
-                    positions.append((e.revision, e.index))
-        self.durable_revision = top
+                events.extend(commit.events)
+        self.feed(events, top)
+
+    def feed(self, new: list[Event], top: int) -> None:
+        """Events of every revision up to top, in order, following those fed before (cluster
+        mode: read from the shared store by cluster/events.py, whichever server committed)."""
+        events, positions = self._events, self._positions
+        for e in new:
+            events.append(e)
+            positions.append((e.revision, e.index))
+        self.durable_revision = max(self.durable_revision, top)
         if len(events) > 2 * self._window:
             del events[: len(events) - self._window]
             del positions[: len(positions) - self._window]

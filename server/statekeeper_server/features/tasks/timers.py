@@ -26,8 +26,8 @@ from statekeeper_server.domain.errors import DomainError
 from statekeeper_server.domain.model import EventKind, TaskKind, TaskStatus
 from statekeeper_server.domain.tasks import clip_error, stale_reason, with_status
 from statekeeper_server.features.tasks.records import QUEUED, drop_stale, read_task, write_task
-from statekeeper_server.storage import keys
-from statekeeper_server.storage.base import Keyspace
+from statekeeper_server.storage import codec, keys
+from statekeeper_server.storage.base import DurableView, Keyspace
 from statekeeper_server.storage.indexes import task_key_of, timer_key
 
 log = logging.getLogger("statekeeper.timers")
@@ -66,36 +66,66 @@ class TimerExecutor:
             self._sleeping_until = deadline_ms
             self._wake.set()
 
+    def wake(self) -> None:
+        """Look at the timers again now (e.g. this server took shards: their timers are due)."""
+        self._sleeping_until = None
+        self._wake.set()
+
     async def _run(self) -> None:
         while True:
             self._wake.clear()
             now = now_ms()
-            due: list[bytes] = []
-            next_deadline: int | None = None
-            for key, _ in self.engine.store.scan(Keyspace.TIMERS):
-                deadline = keys.read_u64(key[:8])
-                if deadline > now:
-                    next_deadline = deadline
-                    break
-                due.append(key)
-                if len(due) >= self.batch_size:
-                    break
+            shards = self.engine.shards
+            owned = None if shards.count == 1 else sorted(shards.owned)
+            view = self.engine.reads.view()
+            try:
+                # Durable state: a timer fires only once its creation is durable.
+                due = [
+                    k
+                    for k, _ in await view.scan(
+                        Keyspace.TIMERS, b"", keys.u64(now + 1), limit=self.batch_size, shards=owned
+                    )
+                ]
+                later = await view.scan(Keyspace.TIMERS, keys.u64(now + 1), None, limit=1, shards=owned)
+            except DomainError as e:  # the store is unavailable (cluster mode): try again soon
+                log.warning("reading due timers failed: %s", e.message)
+                await asyncio.sleep(1.0)
+                continue
+            next_deadline = keys.read_u64(later[0][0][:8]) if later else None
             if due:
-                try:
-                    await self.engine.commit(functools.partial(self._fire, due=due), lambda r, rev: r)
-                except asyncio.CancelledError:
-                    raise
-                except DomainError as e:  # the store failed (UNAVAILABLE): the server is stopping
-                    log.error("firing %d timers failed: %s; retrying", len(due), e.message)
-                    await asyncio.sleep(0.5)
-                except Exception:
-                    log.exception("firing %d timers failed; retrying", len(due))
-                    await asyncio.sleep(0.5)
+                for shard, keys_ in (await self._by_shard(view, due)).items():
+                    try:
+                        await self.engine.commit(
+                            functools.partial(self._fire, due=keys_), lambda r, rev: r, shard=shard
+                        )
+                    except asyncio.CancelledError:
+                        raise
+                    except DomainError as e:  # not applied (store trouble, shard moved): later
+                        log.error("firing %d timers failed: %s; retrying", len(keys_), e.message)
+                        await asyncio.sleep(0.5)
+                    except Exception:
+                        log.exception("firing %d timers failed; retrying", len(keys_))
+                        await asyncio.sleep(0.5)
                 continue
             self._sleeping_until = next_deadline
             timeout = None if next_deadline is None else max(0.0, (next_deadline - now_ms()) / 1000)
+            if shards.count > 1:
+                timeout = 1.0 if timeout is None else min(timeout, 1.0)  # other shards may arrive
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _by_shard(self, view: DurableView, due: list[bytes]) -> dict[int, list[bytes]]:
+        """Due timer index keys grouped by the shard of their node (one commit per shard)."""
+        shards = self.engine.shards
+        if shards.count == 1:
+            return {0: due}
+        raws = await view.get_many(Keyspace.TASKS, [task_key_of(k) for k in due])
+        out: dict[int, list[bytes]] = {}
+        for key, raw in zip(due, raws, strict=True):
+            if raw is None:
+                continue
+            out.setdefault(shards.of(codec.decode_task(raw).address.root_id), []).append(key)
+        return out
 
     def _fire(self, c: Commit, due: list[bytes]) -> int:
         txn = c.transaction()
@@ -149,17 +179,10 @@ class TimerExecutor:
                 detail=task.name,
             )
             fired += 1
-        if orphans:
-            self._repair(orphans)
+        for key in orphans:
+            # Index entries without a matching pending timer (cannot happen when every write
+            # goes through task_index_mutations): dropped in this commit, not read again.
+            c.delete(Keyspace.TIMERS, key)
         self.stats.fired += fired
         self.stats.batches += 1
         return fired
-
-    def _repair(self, orphans: list[bytes]) -> None:
-        """Index entries without a matching pending timer (cannot happen when every write goes
-        through task_index_mutations): delete them so they are not read again."""
-        log.warning("removing %d timer index entries without a pending timer", len(orphans))
-        batch = self.engine.store.new_batch()
-        for key in orphans:
-            batch.delete(Keyspace.TIMERS, key)
-        self.engine.store.write(batch, sync=False)
