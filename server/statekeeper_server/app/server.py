@@ -97,6 +97,8 @@ class StatekeeperServer:
                     lambda: self.membership.refresh_soon() if self.membership is not None else None,
                     security.peer_credentials(config),
                     config.max_message_bytes,
+                    lambda: self.membership.store_reachable if self.membership is not None else True,
+                    owner_wait_s=3 * config.lease_s,
                 ),
                 self.shards,
             )

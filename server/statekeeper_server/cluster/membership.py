@@ -62,6 +62,7 @@ class Membership:
         self._valid_until = 0.0  # monotonic: our leases are certainly ours until then
         self.servers: list[tuple[str, str, bool]] = []  # (id, address, alive), for server info
         self._wake = asyncio.Event()
+        self.store_reachable = True  # the last round reached the store
 
     @property
     def server_id(self) -> str:
@@ -100,10 +101,13 @@ class Membership:
             self._wake.clear()
             try:
                 await self._round()
+                self.store_reachable = True
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                log.warning("cluster membership round failed: %s", e)
+                if self.store_reachable:
+                    log.warning("cluster membership round failed: %s", e)
+                self.store_reachable = False
             if self.shards.owned and time.monotonic() > self._valid_until:
                 self._lose(
                     set(self.shards.owned), "leases could not be renewed for longer than the lease time"

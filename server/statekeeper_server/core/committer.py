@@ -364,6 +364,7 @@ class Committer:
                 queue.appendleft(intent)
                 self._queued_weight += intent.weight
                 intent.faults += 1
+                missing.token = intent
                 self._missing = missing
                 return
             group.intents.append(intent)
@@ -371,7 +372,9 @@ class Committer:
     def _run_build(self, intent: Intent, group: _Group) -> None:
         revision = self.next_revision if intent.versioned else 0
         intent.commit, intent.answer, intent.error, intent.replayed = None, None, None, False
-        self._store.build_shard = intent.shard
+        store = self._store
+        store.build_shard = intent.shard
+        store.build_token = intent
         try:
             commit, intent.answer = intent.build(revision)
         except NotCached:
@@ -389,6 +392,8 @@ class Committer:
             log.exception("building a commit failed")
             intent.error = e
             return
+        finally:
+            store.build_token = None
         if commit is None:
             return
         commit.shard = intent.shard

@@ -113,8 +113,10 @@ class Store(Protocol):
     # True: a failed group write leaves the store unknown, the server must stop (a local
     # disk). False: the store stays usable, the failed group is reported (a remote database).
     fail_stop: bool
-    # The shard whose data the next build reads (set by the committer before each build).
+    # The shard whose data the next build reads, and the write being built (set by the
+    # committer around each build; a cluster store ties what it loaded for a build to it).
     build_shard: int
+    build_token: object
 
     def get(self, keyspace: Keyspace, key: bytes) -> bytes | None:
         """Live state, for builds only; may raise NotCached (cluster mode)."""
@@ -162,6 +164,10 @@ class StoreError(Exception):
     """The store cannot be opened or used; the message says why in words a person can act on."""
 
 
+class BackupNotSupported(StoreError):
+    """This store's backups are made with its own tools (the message says which)."""
+
+
 class NotCached(Exception):
     """A build read something the store does not hold in memory (cluster mode): the committer
     loads it (fault_in) and runs the build again. `end` None: the single key `start`."""
@@ -172,6 +178,7 @@ class NotCached(Exception):
         self.keyspace = keyspace
         self.start = start
         self.end = end
+        self.token: object = None  # the write whose build missed it (set by the committer)
 
 
 class NotApplied(Exception):

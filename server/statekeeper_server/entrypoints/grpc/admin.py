@@ -15,7 +15,8 @@ from typing import Any
 
 from statekeeper.v1 import admin_pb2 as pb
 from statekeeper_server.core.engine import Engine, now_ms
-from statekeeper_server.domain.errors import AlreadyExists, InvalidArgument, Unavailable
+from statekeeper_server.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
+from statekeeper_server.storage.base import BackupNotSupported
 
 Context = Any
 log = logging.getLogger("statekeeper.admin")
@@ -47,6 +48,12 @@ class AdminServicer:
         path = root / name
         if path.exists():
             raise AlreadyExists("BACKUP_EXISTS", f"the backup {str(path)!r} exists already", name=name)
+        if not getattr(self.engine.store, "supports_backup", True):
+            # Before anything is created: the cluster store's backups are PostgreSQL's own.
+            try:
+                self.engine.store.checkpoint(str(path))
+            except BackupNotSupported as e:
+                raise FailedPrecondition("BACKUP_NOT_SUPPORTED", str(e)) from e
         try:
             root.mkdir(parents=True, exist_ok=True)
             self.engine.store.checkpoint(str(path))

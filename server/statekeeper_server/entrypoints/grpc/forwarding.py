@@ -28,7 +28,7 @@ log = logging.getLogger("statekeeper.forward")
 
 FORWARDED_HEADER = "x-statekeeper-forwarded"
 _PASSED_HEADERS = ("authorization", "x-request-id")
-_OWNER_WAIT_S = 15.0  # how long a call waits for a shard to get an owner (failover)
+_OWNER_WAIT_S = 15.0  # how long a call waits for a shard to get an owner (failover; app: 3 leases)
 
 
 def not_owner_here(shard: int) -> Unavailable:
@@ -64,10 +64,14 @@ class Forwarder:
         refresh: Callable[[], None],
         credentials: grpc.ChannelCredentials | None,
         max_message_bytes: int,
+        store_reachable: Callable[[], bool] = lambda: True,
+        owner_wait_s: float = _OWNER_WAIT_S,
     ) -> None:
         self.shards = shards
         self.me = me  # this server's id
         self._refresh = refresh
+        self._store_reachable = store_reachable
+        self._owner_wait_s = owner_wait_s
         self._credentials = credentials
         self._options = [
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -101,6 +105,13 @@ class Forwarder:
             if owner is not None and owner[0] != self.me and owner[1]:
                 return owner[1]
             self._refresh()
+            if not self._store_reachable():
+                # Nobody can take a shard while the store is down: say so now.
+                raise Unavailable(
+                    "STORE_UNAVAILABLE",
+                    f"shard {shard} has no owner and the store cannot be reached; retry",
+                    shard=shard,
+                )
             if time.monotonic() >= deadline:
                 raise Unavailable(
                     "SHARD_UNAVAILABLE",
@@ -117,10 +128,9 @@ class Forwarder:
                 out.append((key, value))
         return out
 
-    @staticmethod
-    def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> tuple[float, float | None]:
+    def _deadline(self, context: grpc.aio.ServicerContext[Any, Any]) -> tuple[float, float | None]:
         remaining = context.time_remaining()
-        wait = _OWNER_WAIT_S if remaining is None else min(_OWNER_WAIT_S, remaining)
+        wait = self._owner_wait_s if remaining is None else min(self._owner_wait_s, remaining)
         return time.monotonic() + wait, remaining
 
     async def unary(

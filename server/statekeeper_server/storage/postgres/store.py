@@ -37,6 +37,7 @@ import asyncpg
 from statekeeper_server.domain.errors import Unavailable
 from statekeeper_server.storage import keys
 from statekeeper_server.storage.base import (
+    BackupNotSupported,
     GroupWrite,
     Keyspace,
     NotApplied,
@@ -50,7 +51,7 @@ from statekeeper_server.storage.postgres.schema import CREATE, FORMAT_VERSION, K
 log = logging.getLogger("statekeeper.postgres")
 
 KS = KEYSPACE_IDS
-TYPES_TTL_S = 1.0  # how long an absent machine type (or a types range) is believed
+TYPES_TTL_S = 5.0  # an absence a build loaded is forgotten after this long
 MAX_CACHED = 2_000_000  # keys held for builds; beyond this the cache starts over
 MAX_RANGES = 512  # complete ranges remembered per (shard, keyspace)
 NOTIFY_CHANNEL = "statekeeper_commit"
@@ -178,6 +179,7 @@ class PgStore:
     """A cluster store. Open with `await PgStore.open(dsn, shard_count)`."""
 
     pipelined = False  # one transaction per group, one group at a time
+    supports_backup = False  # PostgreSQL's own tools back it up
     fail_stop = False  # a failed transaction leaves PostgreSQL consistent: service goes on
 
     def __init__(self, dsn: str, pool: asyncpg.Pool, shard_count: int) -> None:
@@ -192,8 +194,11 @@ class PgStore:
         self._cache: dict[tuple[int, Keyspace, bytes], bytes | None] = {}
         self._ranges: dict[tuple[int, Keyspace], list[_Range]] = {}
         self._types: dict[bytes, bytes] = {}
-        self._types_absent: dict[bytes, float] = {}  # key -> believed absent until (monotonic)
-        self._types_ranges: list[tuple[bytes, bytes | None, float]] = []
+        # Machine types another server may register at any moment: an absence (a key, or a
+        # range fully read) is believed only by the build that loaded it, when it runs again.
+        self.build_token: object = None
+        self._types_absent: dict[bytes, tuple[object, float]] = {}
+        self._types_ranges: list[tuple[bytes, bytes | None, object, float]] = []
         self._meta: dict[bytes, bytes] = {}
         self.commit_listeners: list[Callable[[int], None]] = []  # (top revision) after each commit
 
@@ -252,7 +257,8 @@ class PgStore:
         rows = await self._view.scan(Keyspace.TYPES, b"", None, limit=1_000_000)
         for key, value in rows:
             self._types[key] = value
-        self._types_ranges.append((b"", None, time.monotonic() + 3600))  # all types, at start
+        # Every type, for the catalog the engine builds at start (outside any build).
+        self._types_ranges.append((b"", None, None, time.monotonic() + TYPES_TTL_S))
 
     async def refresh_meta(self) -> None:
         """Read the revision and the META keyspace again (at start, after trouble)."""
@@ -305,8 +311,8 @@ class PgStore:
             value = self._types.get(key)
             if value is not None:
                 return value
-            until = self._types_absent.get(key)
-            if (until is not None and until > time.monotonic()) or self._types_range_known(
+            absent = self._types_absent.get(key)
+            if (absent is not None and absent[0] is self.build_token) or self._types_range_known(
                 key, key + b"\x00"
             ):
                 return None
@@ -348,11 +354,16 @@ class PgStore:
         raise NotCached(shard, keyspace, start, end or b"")
 
     def _types_range_known(self, start: bytes, end: bytes | None) -> bool:
-        now = time.monotonic()
-        self._types_ranges = [r for r in self._types_ranges if r[2] > now]
+        token = self.build_token
         return any(
-            s <= start and (e is None or (end is not None and end <= e)) for s, e, _ in self._types_ranges
+            s <= start and (e is None or (end is not None and end <= e)) and owner is token
+            for s, e, owner, _ in self._types_ranges
         )
+
+    def _forget_old_absences(self) -> None:
+        now = time.monotonic()
+        self._types_absent = {k: v for k, v in self._types_absent.items() if v[1] > now}
+        self._types_ranges = [r for r in self._types_ranges if r[3] > now]
 
     async def fault_in(self, missing: NotCached) -> None:
         ks, start, end = missing.keyspace, missing.start, missing.end
@@ -365,10 +376,11 @@ class PgStore:
                             KS[ks],
                             start,
                         )
+                        self._forget_old_absences()
                         if value is not None:
                             self._types[start] = bytes(value)
                         else:
-                            self._types_absent[start] = time.monotonic() + TYPES_TTL_S
+                            self._types_absent[start] = (missing.token, time.monotonic() + TYPES_TTL_S)
                         return
                     rows = await conn.fetch(
                         "SELECT key, value FROM statekeeper_kv WHERE ks = $1 AND key >= $2"
@@ -377,9 +389,12 @@ class PgStore:
                         start,
                         *([end] if end else []),
                     )
+                    self._forget_old_absences()
                     for r in rows:
                         self._types[bytes(r[0])] = bytes(r[1])
-                    self._types_ranges.append((start, end or None, time.monotonic() + TYPES_TTL_S))
+                    self._types_ranges.append(
+                        (start, end or None, self.build_token, time.monotonic() + TYPES_TTL_S)
+                    )
                     return
                 shard = missing.shard
                 if end is None:
@@ -538,25 +553,25 @@ class PgStore:
         (and then sees it) or came first (and this fails)."""
         if not shards:
             return
-        held = sorted(s for s in shards if s in self.owned)
+        held = {s: self.owned[s] for s in shards if s in self.owned}  # before any await
         if len(held) != len(shards):
             raise ShardsLost(frozenset(shards) - frozenset(held))
+        order = sorted(held)
+        generations = [held[s] for s in order]
         status = await conn.execute(
             "UPDATE statekeeper_shards SET generation = generation WHERE owner = $1 AND "
             "(shard, generation) IN (SELECT * FROM unnest($2::int[], $3::bigint[]))",
             self.server_id,
-            held,
-            [self.owned[s] for s in held],
+            order,
+            generations,
         )
         if int(status.rsplit(" ", 1)[1]) != len(held):
             rows = await conn.fetch(
-                "SELECT shard FROM statekeeper_shards WHERE shard = ANY($1::int[]) AND owner = $2 "
-                "AND generation = ANY($3::bigint[])",
-                held,
+                "SELECT shard, generation FROM statekeeper_shards WHERE shard = ANY($1::int[]) AND owner = $2",
+                order,
                 self.server_id,
-                [self.owned[s] for s in held],
             )
-            still = {int(r[0]) for r in rows if self.owned.get(int(r[0])) is not None}
+            still = {int(r[0]) for r in rows if held.get(int(r[0])) == int(r[1])}
             raise ShardsLost(frozenset(held) - still)
 
     async def _write_rows(self, conn: asyncpg.Connection, batch: PgBatch) -> None:
@@ -599,7 +614,7 @@ class PgStore:
         """Committed rows are what every reader sees: nothing to publish."""
 
     def checkpoint(self, path: str) -> None:
-        raise StoreError(
+        raise BackupNotSupported(
             "backups of a cluster store are PostgreSQL's own (pg_dump, pg_basebackup, "
             "point-in-time recovery): see docs/operations.md"
         )

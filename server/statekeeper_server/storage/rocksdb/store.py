@@ -139,6 +139,7 @@ class RocksStore:
     pipelined = True  # a written group is in the memtable: the next one may build on it
     fail_stop = True  # a failed write or sync leaves the local store unknown
     build_shard = 0
+    build_token: object = None
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
