@@ -33,9 +33,7 @@ def test_every_sdk_dependency_is_a_range() -> None:
         lowest(requirement)
 
 
-def test_sdk_works_at_the_lowest_and_newest_supported_versions(
-    server: ServerProcess, tmp_path: Path
-) -> None:
+def test_sdk_works_at_the_lowest_and_newest_supported_versions(server: ServerProcess, tmp_path: Path) -> None:
     pins = {
         "lowest": [lowest(r) for r in sdk_requirements()],
         "newest": sdk_requirements(),
@@ -44,9 +42,8 @@ def test_sdk_works_at_the_lowest_and_newest_supported_versions(
     builds = {}
     for name, requirements in pins.items():
         venv = tmp_path / name
-        cmd = (
-            f"{sys.executable} -m venv --without-pip {venv} && "
-            + " ".join([*pip, "--python", str(venv / "bin" / "python"), "install", *map(repr, requirements)])
+        cmd = f"{sys.executable} -m venv --without-pip {venv} && " + " ".join(
+            [*pip, "--python", str(venv / "bin" / "python"), "install", *map(repr, requirements)]
         )
         builds[name] = subprocess.Popen(
             ["bash", "-c", cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -57,7 +54,14 @@ def test_sdk_works_at_the_lowest_and_newest_supported_versions(
 
     checks = {
         name: subprocess.Popen(
-            [str(tmp_path / name / "bin" / "python"), "-I", "-c", _RUN_CHECK, server.address, f"compat{name}-"],
+            [
+                str(tmp_path / name / "bin" / "python"),
+                "-I",
+                "-c",
+                _RUN_CHECK,
+                server.address,
+                f"compat{name}-",
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

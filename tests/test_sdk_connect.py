@@ -61,9 +61,11 @@ def test_missing_and_refused_client_certificates(mtls_server: ServerProcess, pki
 
 def test_a_call_without_the_connect_check_says_the_same(tls_server: ServerProcess) -> None:  # noqa: F811
     started = time.monotonic()
-    with sk.SyncClient.connect(tls_server.address, wait_ready=None) as client:
-        with pytest.raises(sk.ConnectionFailedError) as failure:
-            client.list_machine_types()  # a read: retried only while the cause may pass
+    with (
+        sk.SyncClient.connect(tls_server.address, wait_ready=None) as client,
+        pytest.raises(sk.ConnectionFailedError) as failure,
+    ):
+        client.list_machine_types()  # a read: retried only while the cause may pass
     assert failure.value.reason == "TLS_REQUIRED" and time.monotonic() - started < FAST
 
 

@@ -36,7 +36,9 @@ def check(address: str, prefix: str) -> None:
     with sk.SyncClient.connect(address, auto_request_ids=True) as client:
         assert client.register_machine_type(order).machine_type.name == order.name
         client.register_machine_type(item)
-        root = client.create_root(order.name, f"{prefix}o-1", b'{"total": 42}', content_type="application/json")
+        root = client.create_root(
+            order.name, f"{prefix}o-1", b'{"total": 42}', content_type="application/json"
+        )
         client.add_child(root, item.name, "i-1")
         # the text form of a reference, as the CLI prints it
         packed = client.transition(f"{prefix}o-1/{item.name}:i-1", "pack")
@@ -55,7 +57,9 @@ def check(address: str, prefix: str) -> None:
             assert e.reason == "INVALID_TRANSITION" and e.metadata["current_state"] == "paid"
         else:
             raise AssertionError("expected FailedPreconditionError")
-        result = client.execute(sk.Batch().create_root(item.name, f"{prefix}b-1").transition(f"{prefix}b-1", "pack"))
+        result = client.execute(
+            sk.Batch().create_root(item.name, f"{prefix}b-1").transition(f"{prefix}b-1", "pack")
+        )
         assert len(result.results) == 2
         events = client.watch(start_revision=root.create_revision, root_id=f"{prefix}o-1")
         kinds = [next(events).kind for _ in range(3)]
