@@ -57,9 +57,7 @@ def test_bad_config_files_are_refused_clearly(
 def test_a_server_runs_from_its_config_file(tmp_path: Path) -> None:
     ready = tmp_path / "ready.json"
     config = tmp_path / "statekeeper.toml"
-    config.write_text(
-        f'listen = "127.0.0.1:0"\ndata-dir = "{tmp_path / "data"}"\nready-file = "{ready}"\n'
-    )
+    config.write_text(f'listen = "127.0.0.1:0"\ndata-dir = "{tmp_path / "data"}"\nready-file = "{ready}"\n')
     proc = subprocess.Popen(
         [sys.executable, "-m", "statekeeper", "serve", "--log-format", "json"],
         env={"STATEKEEPER_CONFIG": str(config), "PATH": "/usr/bin:/bin"},
@@ -96,7 +94,16 @@ def test_a_busy_port_is_one_line_and_exit_2_before_the_data_folder_exists(tmp_pa
         port = other.getsockname()[1]
         data = tmp_path / "data"
         result = subprocess.run(
-            [sys.executable, "-m", "statekeeper", "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data)],
+            [
+                sys.executable,
+                "-m",
+                "statekeeper",
+                "serve",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--data-dir",
+                str(data),
+            ],
             capture_output=True,
             text=True,
             timeout=60,

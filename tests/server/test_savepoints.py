@@ -51,10 +51,12 @@ def test_schedule_examples(client: sk.SyncClient, uid: str) -> None:
     assert [s.timestamp_ms for s in client.list_savepoints(uid)] == [60_000]
     # a run that starts at 10000 has its first savepoint at 60000; one starting at 60000 at 120000
     assert (
-        client.create_run(uid + "-b", {"e": b""}, start_ms=10_000, schedule_ms=MIN).next_savepoint_ms == 60_000
+        client.create_run(uid + "-b", {"e": b""}, start_ms=10_000, schedule_ms=MIN).next_savepoint_ms
+        == 60_000
     )
     assert (
-        client.create_run(uid + "-c", {"e": b""}, start_ms=60_000, schedule_ms=MIN).next_savepoint_ms == 120_000
+        client.create_run(uid + "-c", {"e": b""}, start_ms=60_000, schedule_ms=MIN).next_savepoint_ms
+        == 120_000
     )
     r = client.save_entity_state(uid + "-c", "e", 119_999, b"x")
     assert not r.saved and r.next_savepoint_ms == 120_000

@@ -47,10 +47,22 @@ def _create(client: SyncClient, args: argparse.Namespace) -> int:
     return show(args, run, lambda: "created " + _run_line(run))
 
 
+def _head_revision(client: SyncClient) -> int:
+    """The store's current revision: a watch from now starts with a progress notice at it."""
+    events = client.watch(progress=True, reconnect=False)
+    try:
+        return next(e.revision for e in events if e.kind == "progress")
+    finally:
+        events.close()
+
+
 def run_ids(client: SyncClient) -> tuple[list[str], int]:
     """The runs that exist, from the retained event history (there is no ListRuns RPC): runs
-    initialised and not deleted since, each confirmed with GetRun. Also the oldest revision read:
-    a run created before it (its event compacted away) is not found this way."""
+    initialised and not deleted since. Also the oldest revision read: a run created before it
+    (its event compacted away) is not found this way. The history read ends at the first
+    progress notice past the current revision, which the server sends after a second without
+    commits."""
+    head = _head_revision(client)
     start, seen = 1, {}
     while True:
         try:
@@ -58,10 +70,10 @@ def run_ids(client: SyncClient) -> tuple[list[str], int]:
                 start_revision=start, kinds=["run_initialised", "run_deleted"], progress=True, reconnect=False
             )
             for e in events:
-                if e.kind == "progress":
+                if e.revision > head or (e.kind == "progress" and e.revision >= head):
                     break
-                run_id = json.loads(e.detail)["run_id"]
-                seen[run_id] = e.kind == "run_initialised"
+                if e.kind != "progress":
+                    seen[json.loads(e.detail)["run_id"]] = e.kind == "run_initialised"
             events.close()
             break
         except OutOfRangeError as e:
