@@ -223,8 +223,14 @@ def from_rpc_error(error: grpc.RpcError, connection: ConnectInfo | None = None) 
     return _BY_CODE.get(code, StatekeeperError)(code, message, reason, metadata)
 
 
+# The server failed-stop (a write could not be made durable): it refuses everything until it is
+# restarted, so a retry within seconds cannot help; retry with the same request_id once it is back.
+_FAIL_STOP_REASONS = frozenset({"STORE_FAILED", "COMMIT_OUTCOME_UNKNOWN"})
+
+
 def is_transient(error: StatekeeperError) -> bool:
-    """UNAVAILABLE that a retry may cure: not a connection problem a retry cannot fix (TLS)."""
+    """UNAVAILABLE that a prompt retry may cure: not a connection problem a retry cannot fix
+    (TLS, certificates), not a server that has stopped."""
     if isinstance(error, ConnectionFailedError):
         return error.retryable
-    return isinstance(error, UnavailableError)
+    return isinstance(error, UnavailableError) and error.reason not in _FAIL_STOP_REASONS

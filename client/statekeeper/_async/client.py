@@ -180,7 +180,8 @@ class Client:
 
         Retries: a call that gets UNAVAILABLE is tried again up to `retries` times (pauses from
         0.2 s doubling to 2 s) when repeating it cannot apply it twice: reads, naturally
-        idempotent calls, and writes that carry a request_id. auto_request_ids=True gives every
+        idempotent calls, and writes that carry a request_id; not after a fail-stop of the server
+        (STORE_FAILED, COMMIT_OUTCOME_UNKNOWN). auto_request_ids=True gives every
         write without one a fresh request_id, so every write is retried safely (each costs the
         server a stored outcome for its --request-ttl-s).
         """
