@@ -22,7 +22,8 @@ REPLACEMENTS = {
     "Client": "SyncClient",
     "AioChannel": "SyncChannel",
     "aio_channel": "sync_channel",
-    "aio_ready": "sync_ready",
+    "aio_probe": "sync_probe",
+    "aio_speaks_tls": "sync_speaks_tls",
     "aio_sleep": "sync_sleep",
     "_async": "_sync",
 }

@@ -76,4 +76,5 @@ def test_entry_point_runs_and_unreachable_server_is_clear() -> None:
         text=True,
         timeout=30,
     )
-    assert result.returncode == 1 and "not reachable" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: cannot connect to 127.0.0.1:1: connection refused")

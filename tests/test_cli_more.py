@@ -49,7 +49,7 @@ def test_watch_history_with_filters_and_count(
     client.transition(root, "pay")
     start = str(root.create_revision)
 
-    code, out, _ = run(capsys, server, "watch", "--from-revision", start, "--root", uid, "--count", "4")
+    code, out, _ = run(capsys, server, "watch", "--start-revision", start, "--root", uid, "--count", "4")
     lines = out.splitlines()
     assert code == 0 and len(lines) == 4
     assert "node_created" in lines[0] and f" {uid} (order) [new]" in lines[0]
@@ -58,14 +58,14 @@ def test_watch_history_with_filters_and_count(
     assert lines[3].startswith(f"{root.create_revision + 3}.0 ") and "new → paid via pay #1" in lines[3]
 
     code, out, _ = run(
-        capsys, server, "watch", "--from-revision", start, "--root", uid, "--json", "--count", "3"
+        capsys, server, "watch", "--start-revision", start, "--root", uid, "--json", "--count", "3"
     )
     events = json_lines(out)
     assert code == 0 and [e["kind"] for e in events] == ["node_created", "node_created", "node_transitioned"]
-    assert events[1]["ref"] == {"root_id": uid, "path": [["item", "i1"]]}
+    assert events[1]["ref"] == f"{uid}/item:i1"
 
     # Filters: kinds (any spelling), machine types, a subtree.
-    args = ["watch", "--from-revision", start, "--root", uid, "--json"]
+    args = ["watch", "--start-revision", start, "--root", uid, "--json"]
     code, out, _ = run(
         capsys, server, *args, "--kind", "NODE_TRANSITIONED", "--kind", "task_created", "--count", "3"
     )
@@ -80,7 +80,7 @@ def test_watch_history_with_filters_and_count(
         capsys,
         server,
         "watch",
-        "--from-revision",
+        "--start-revision",
         start,
         "--root",
         f"{uid}/item:i1",
@@ -124,7 +124,7 @@ def test_watch_ends_cleanly_on_ctrl_c(server: ServerProcess, client: sk.SyncClie
             "watch",
             "--server",
             server.address,
-            "--from-revision",
+            "--start-revision",
             str(root.create_revision),
             "--root",
             uid,
@@ -140,7 +140,7 @@ def test_watch_ends_cleanly_on_ctrl_c(server: ServerProcess, client: sk.SyncClie
     try:
         assert proc.stdout is not None
         first = json.loads(proc.stdout.readline())  # history first, then it waits for more
-        assert (first["kind"], first["ref"]["root_id"]) == ("node_created", uid)
+        assert (first["kind"], first["ref"]) == ("node_created", uid)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=15)
     finally:
@@ -155,10 +155,21 @@ def test_watch_refuses_bad_arguments_clearly(
     with pytest.raises(SystemExit) as exc:
         main(["watch", "--kind", "nope", "--server", server.address])
     assert exc.value.code == 2 and "unknown event kind 'nope'; one of: " in capsys.readouterr().err
-    code, _, err = run(capsys, server, "watch", "--root", "r/no-colon")
-    assert code == 2 and "path element 'no-colon' must be type:id" in err
+    with pytest.raises(SystemExit) as exc:
+        main(["watch", "--root", "r/no-colon", "--server", server.address])
+    assert exc.value.code == 2 and "path element 'no-colon' must be type:id" in capsys.readouterr().err
     code, _, err = run(capsys, server, "watch", "--count", "0")
     assert code == 2 and "--count must be at least 1" in err
+
+
+def test_watch_from_revision_still_works_as_a_deprecated_alias(
+    server: ServerProcess, client: sk.SyncClient, uid: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = client.create_root("order", uid)
+    args = ["watch", "--from-revision", str(root.create_revision), "--root", uid, "--count", "1"]
+    code, out, err = run(capsys, server, *args)
+    assert code == 0 and "node_created" in out
+    assert "--from-revision is deprecated: use --start-revision" in err
 
 
 def test_consumers_list_and_get(

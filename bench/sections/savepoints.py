@@ -61,7 +61,7 @@ def run(ctx: Context) -> Section:
                 # inside the (in --smoke very short) window.
                 for _ in range(3):
                     run_id = f"bench-{i}-{time.time_ns()}"
-                    client.init_run(
+                    client.create_run(
                         run_id,
                         {f"e{k:06d}": STATE for k in range(entities)},
                         start_ms=0,

@@ -12,11 +12,14 @@ carrying the gRPC code, the server's reason and metadata. The generated API live
 statekeeper.v1 for calls the clients do not cover.
 """
 
+from importlib import metadata as _metadata
+
 from statekeeper._async.client import Client
 from statekeeper._batch import Batch
 from statekeeper._errors import (
     AbortedError,
     AlreadyExistsError,
+    ConnectionFailedError,
     DeadlineExceededError,
     FailedPreconditionError,
     InvalidArgumentError,
@@ -64,7 +67,10 @@ from statekeeper._types import (
 )
 from statekeeper._worker import PermanentTaskError, Worker, WorkerStats
 
-__version__ = "0.1.0"
+try:
+    __version__ = _metadata.version("statekeeper")
+except _metadata.PackageNotFoundError:  # run from a source tree that is not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "AbortedError",
@@ -75,6 +81,7 @@ __all__ = [
     "Client",
     "CompleteResult",
     "Completion",
+    "ConnectionFailedError",
     "Consumer",
     "DeadlineExceededError",
     "Delivery",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -51,6 +52,37 @@ class UnavailableError(StatekeeperError):
     """The server is unreachable or could not make a write durable; retry with the same request_id."""
 
 
+class ConnectionFailedError(UnavailableError, ConnectionError):
+    """No connection to the server could be made. `reason` says why and `hint` how to fix it:
+
+    CONNECTION_REFUSED (nothing listens there), NAME_NOT_RESOLVED, CONNECT_TIMEOUT (no answer),
+    TLS_REQUIRED (the server speaks TLS, the client did not), TLS_NOT_OFFERED (the client
+    speaks TLS, the server does not), SERVER_CERTIFICATE_UNTRUSTED, SERVER_NAME_MISMATCH,
+    CLIENT_CERTIFICATE_REQUIRED (mutual TLS, no client certificate given),
+    CLIENT_CERTIFICATE_REJECTED, CONNECTION_FAILED (anything else; `message` has gRPC's words).
+
+    It is also the builtin ConnectionError, so code written for earlier versions still catches it.
+    """
+
+    def __init__(self, target: str, reason: str, what: str, hint: str, details: str = "") -> None:
+        self.target = target
+        self.hint = hint
+        self.details = details
+        message = f"cannot connect to {target}: {what}" + (f"; {hint}" if hint else "")
+        super().__init__(grpc.StatusCode.UNAVAILABLE, message, reason, {"target": target})
+
+    @property
+    def retryable(self) -> bool:
+        """Worth retrying as is: the server may just be starting or restarting."""
+        return self.reason in _TRANSIENT_CONNECT_REASONS
+
+    def __str__(self) -> str:
+        return self.message
+
+
+_TRANSIENT_CONNECT_REASONS = frozenset({"CONNECTION_REFUSED", "CONNECT_TIMEOUT", "CONNECTION_FAILED"})
+
+
 class OutOfRangeError(StatekeeperError):
     """A position (e.g. a revision) lies outside what the server still has."""
 
@@ -83,7 +115,94 @@ _BY_CODE: dict[grpc.StatusCode, type[StatekeeperError]] = {
 }
 
 
-def from_rpc_error(error: grpc.RpcError) -> StatekeeperError:
+def connection_error(
+    target: str, details: str, *, tls: bool, client_cert: bool, server_speaks_tls: bool | None = None
+) -> ConnectionFailedError | None:
+    """What gRPC's words for a failed connection mean, and how to fix it; None when `details`
+    is not about connecting. server_speaks_tls: what a direct TLS handshake found, if one was tried."""
+    text = details.lower()
+    flag = "(CLI: --tls-ca CA.pem, or --tls for the system's CAs)"
+    cases: list[tuple[bool, str, str, str]] = [
+        (
+            "connection refused" in text,
+            "CONNECTION_REFUSED",
+            "connection refused: nothing is listening there",
+            "is the server running (statekeeper serve) and is the address right (--server, STATEKEEPER_ADDRESS)?",
+        ),
+        (
+            "dns resolution failed" in text or "name or service not known" in text,
+            "NAME_NOT_RESOLVED",
+            "the host name does not resolve",
+            "check the host part of the address",
+        ),
+        (
+            tls and "wrong_version_number" in text,
+            "TLS_NOT_OFFERED",
+            "the TLS handshake failed: the server does not speak TLS",
+            "connect without TLS options (no tls/tls_ca/tls_cert), or start the server with --tls-cert-file and --tls-key-file",
+        ),
+        (
+            tls and "certificate_verify_failed" in text,
+            "SERVER_CERTIFICATE_UNTRUSTED",
+            "the server's certificate is not signed by a CA this client trusts",
+            f"pass the CA that signed it as tls_ca {flag}",
+        ),
+        (
+            tls and ("peer name" in text or "hostname" in text),
+            "SERVER_NAME_MISMATCH",
+            "the server's certificate is not for this host name",
+            "connect by a name the certificate lists, or set tls_server_name (CLI: --tls-server-name)",
+        ),
+        (
+            not tls
+            and server_speaks_tls is not False
+            and ("socket closed" in text or "connection reset" in text),
+            "TLS_REQUIRED",
+            "the server closed the connection at once"
+            + (": it speaks TLS" if server_speaks_tls else ": it probably requires TLS"),
+            f"connect with TLS: tls_ca=CA.pem or tls=True {flag}",
+        ),
+        (
+            tls and not client_cert and ("socket closed" in text or "connection reset" in text),
+            "CLIENT_CERTIFICATE_REQUIRED",
+            "the server closed the connection after the TLS handshake: it requires a client certificate (mutual TLS)",
+            "pass tls_cert and tls_key (CLI: --tls-cert, --tls-key) signed by the CA the server trusts",
+        ),
+        (
+            tls and client_cert and ("socket closed" in text or "connection reset" in text),
+            "CLIENT_CERTIFICATE_REJECTED",
+            "the server closed the connection after the TLS handshake: it rejected the client certificate",
+            "use a certificate signed by the server's --tls-client-ca-file CA, valid now and made for client authentication",
+        ),
+        (
+            "deadline exceeded" in text or "timed out" in text,
+            "CONNECT_TIMEOUT",
+            "no answer in time",
+            "is the address right, and does a firewall let the port through?",
+        ),
+        (
+            "failed to connect" in text or "ssl handshake failed" in text,
+            "CONNECTION_FAILED",
+            details,
+            "",
+        ),
+    ]
+    for matched, reason, what, hint in cases:
+        if matched:
+            return ConnectionFailedError(target, reason, what, hint, details)
+    return None
+
+
+@dataclass(frozen=True)
+class ConnectInfo:
+    """How a client connects, so a failed call can say what is wrong with the connection."""
+
+    target: str
+    tls: bool
+    client_cert: bool
+
+
+def from_rpc_error(error: grpc.RpcError, connection: ConnectInfo | None = None) -> StatekeeperError:
     call: Any = error  # grpc's errors are also Call objects; the stubs do not say so
     code: grpc.StatusCode = call.code()
     message: str = call.details() or ""
@@ -95,4 +214,23 @@ def from_rpc_error(error: grpc.RpcError) -> StatekeeperError:
                 info = error_details_pb2.ErrorInfo()
                 if detail.Unpack(info):
                     reason, metadata = info.reason, dict(info.metadata)
+    if code == grpc.StatusCode.UNAVAILABLE and not reason and connection is not None:
+        failed = connection_error(
+            connection.target, message, tls=connection.tls, client_cert=connection.client_cert
+        )
+        if failed is not None:
+            return failed
     return _BY_CODE.get(code, StatekeeperError)(code, message, reason, metadata)
+
+
+# The server failed-stop (a write could not be made durable): it refuses everything until it is
+# restarted, so a retry within seconds cannot help; retry with the same request_id once it is back.
+_FAIL_STOP_REASONS = frozenset({"STORE_FAILED", "COMMIT_OUTCOME_UNKNOWN"})
+
+
+def is_transient(error: StatekeeperError) -> bool:
+    """UNAVAILABLE that a prompt retry may cure: not a connection problem a retry cannot fix
+    (TLS, certificates), not a server that has stopped."""
+    if isinstance(error, ConnectionFailedError):
+        return error.retryable
+    return isinstance(error, UnavailableError) and error.reason not in _FAIL_STOP_REASONS

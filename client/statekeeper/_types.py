@@ -3,14 +3,34 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
 
+def _escape(id: str) -> str:
+    return id.replace("%", "%25").replace("/", "%2F")
+
+
+_UNESCAPE = re.compile(r"%(25|2[fF])")
+
+
+def _unescape(text: str) -> str:
+    # Only the two escapes the notation makes; any other "%" stays as typed ("50%off").
+    return _UNESCAPE.sub(lambda m: "%" if m.group(1) == "25" else "/", text)
+
+
 @dataclass(frozen=True)
 class Ref:
-    """Where a node is: its tree's root id and the (type, id) keys below the root."""
+    """Where a node is: its tree's root id and the (type, id) keys below the root.
+
+    Its text form (str(), Ref.parse, the CLI, and any str passed where a node is expected) is
+    `root/type:id/type:id`: "/" separates the keys and the first ":" of a key ends its type
+    (types cannot hold ":"; ids can). Ids holding "/" or "%" are written with "%2F" and "%25",
+    so every id has a text form: Ref("a/b") prints as "a%2Fb", and Ref.parse("a%2Fb") is
+    Ref("a/b"). Other "%" signs are taken as typed.
+    """
 
     root_id: str
     path: tuple[tuple[str, str], ...] = ()
@@ -18,23 +38,33 @@ class Ref:
     def child(self, type: str, id: str) -> Ref:
         return Ref(self.root_id, (*self.path, (type, id)))
 
+    @property
+    def is_root(self) -> bool:
+        return not self.path
+
     @classmethod
     def parse(cls, text: str) -> Ref:
         """'order-1' or 'order-1/item:i-1/part:p-2' (the form str() prints)."""
         root, *rest = text.split("/")
+        if not root:
+            raise ValueError(f"node reference {text!r} has an empty root id (form: root/type:id/...)")
         path = []
         for part in rest:
             type_, sep, id_ = part.partition(":")
             if not sep or not type_ or not id_:
-                raise ValueError(f"path element {part!r} must be type:id")
-            path.append((type_, id_))
-        return cls(root, tuple(path))
+                raise ValueError(
+                    f"path element {part!r} must be type:id (in {text!r}; form: root/type:id/...; "
+                    "write a '/' inside an id as %2F)"
+                )
+            path.append((type_, _unescape(id_)))
+        return cls(_unescape(root), tuple(path))
 
     def __str__(self) -> str:
-        return "/".join([self.root_id, *(f"{t}:{i}" for t, i in self.path)])
+        return "/".join([_escape(self.root_id), *(f"{t}:{_escape(i)}" for t, i in self.path)])
 
 
 RefLike = Union[Ref, str, "Node"]
+"""A node: a Ref, a Node, or the text form "root/type:id/..." (see Ref)."""
 
 
 def as_ref(value: RefLike) -> Ref:
@@ -42,7 +72,19 @@ def as_ref(value: RefLike) -> Ref:
         return value
     if isinstance(value, Node):
         return value.ref
-    return Ref(value)
+    if isinstance(value, str):
+        return Ref.parse(value)
+    raise TypeError(f"expected a Ref, a Node or 'root/type:id/...' text, got {type(value).__name__}")
+
+
+def as_root_id(value: RefLike) -> str:
+    """The root id of a reference that must name a root (tree snapshots)."""
+    ref = as_ref(value)
+    if ref.path:
+        raise ValueError(
+            f"{ref} is not a root: tree snapshots are taken of whole trees, give {ref.root_id!r}"
+        )
+    return ref.root_id
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,8 @@ def test_before_write_error_once_then_the_same_server_recovers(tmp_path: Path) -
     a, top = _prepare(data)
     proc = ServerProcess(data, "--failpoints", "commit.before_write=error*1").start()
     try:
-        with sk.SyncClient.connect(proc.address) as c:
+        # retries=0: the SDK would retry this write itself (it has a request_id); see it fail
+        with sk.SyncClient.connect(proc.address, retries=0) as c:
             with pytest.raises(sk.UnavailableError) as e:
                 c.transition("a", "touch", b"v2", request_id="rid-1")
             assert e.value.reason == "COMMIT_FAILED"

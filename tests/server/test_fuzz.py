@@ -408,7 +408,7 @@ def _ensure_setup(c: sk.SyncClient) -> None:
     if "fzc" not in {x.name for x in c.list_consumers()}:
         c.create_consumer("fzc")
     if not c.is_run_initialized("fz-run"):
-        c.init_run("fz-run", {"e1": b"1", "e2": b"2"}, start_ms=0, schedule_ms=1000)
+        c.create_run("fz-run", {"e1": b"1", "e2": b"2"}, start_ms=0, schedule_ms=1000)
         c.save_entity_states(
             [sk.EntitySave("fz-run", "e1", 1500, b"x"), sk.EntitySave("fz-run", "e2", 1500, b"y")]
         )

@@ -253,14 +253,14 @@ def test_states_transitions_and_tasks_per_type(c: sk.SyncClient) -> None:
 
 
 def test_entity_state_size_and_entities_per_run(c: sk.SyncClient) -> None:
-    _refused(lambda: c.init_run("r1", {"e1": b"x" * 11}, schedule_ms=10), INVALID, "max_state_bytes")
+    _refused(lambda: c.create_run("r1", {"e1": b"x" * 11}, schedule_ms=10), INVALID, "max_state_bytes")
     _refused(
-        lambda: c.init_run("r1", {"e1": b"", "e2": b"", "e3": b""}, schedule_ms=10),
+        lambda: c.create_run("r1", {"e1": b"", "e2": b"", "e3": b""}, schedule_ms=10),
         EXHAUSTED,
         "max_run_entities",
     )
     assert not c.is_run_initialized("r1")
-    c.init_run("r1", {"e1": b"", "e2": b""}, schedule_ms=10)
+    c.create_run("r1", {"e1": b"", "e2": b""}, schedule_ms=10)
     _refused(lambda: c.save_entity_state("r1", "e1", 10, b"x" * 11), INVALID, "max_state_bytes")
     assert c.list_savepoints("r1") == []
 

@@ -32,7 +32,7 @@ def states(sp: sk.Savepoint) -> dict[str, bytes]:
 
 
 def test_schedule_examples(client: sk.SyncClient, uid: str) -> None:
-    run = client.init_run(uid, {"e": b"s0"}, start_ms=0, schedule_ms=MIN)
+    run = client.create_run(uid, {"e": b"s0"}, start_ms=0, schedule_ms=MIN)
     assert run.next_savepoint_ms == 60_000 and run.latest_savepoint_ms is None
     # next savepoint after 0 is 60000, after 10000 is 60000: nothing reached yet
     r = client.save_entity_state(uid, "e", 0, b"s")
@@ -51,15 +51,17 @@ def test_schedule_examples(client: sk.SyncClient, uid: str) -> None:
     assert [s.timestamp_ms for s in client.list_savepoints(uid)] == [60_000]
     # a run that starts at 10000 has its first savepoint at 60000; one starting at 60000 at 120000
     assert (
-        client.init_run(uid + "-b", {"e": b""}, start_ms=10_000, schedule_ms=MIN).next_savepoint_ms == 60_000
+        client.create_run(uid + "-b", {"e": b""}, start_ms=10_000, schedule_ms=MIN).next_savepoint_ms
+        == 60_000
     )
     assert (
-        client.init_run(uid + "-c", {"e": b""}, start_ms=60_000, schedule_ms=MIN).next_savepoint_ms == 120_000
+        client.create_run(uid + "-c", {"e": b""}, start_ms=60_000, schedule_ms=MIN).next_savepoint_ms
+        == 120_000
     )
     r = client.save_entity_state(uid + "-c", "e", 119_999, b"x")
     assert not r.saved and r.next_savepoint_ms == 120_000
     # no schedule: never a savepoint
-    none = client.init_run(uid + "-d", {"e": b""}, start_ms=0, schedule_ms=0)
+    none = client.create_run(uid + "-d", {"e": b""}, start_ms=0, schedule_ms=0)
     assert none.next_savepoint_ms is None
     r = client.save_entity_state(uid + "-d", "e", 10**12, b"x")
     assert not r.saved and r.next_savepoint_ms == 0
@@ -67,7 +69,7 @@ def test_schedule_examples(client: sk.SyncClient, uid: str) -> None:
 
 
 def test_one_save_fills_60000_120000_and_180000(client: sk.SyncClient, uid: str) -> None:
-    client.init_run(uid, {"a": b"a0", "b": b"b0"}, start_ms=10_000, schedule_ms=MIN)
+    client.create_run(uid, {"a": b"a0", "b": b"b0"}, start_ms=10_000, schedule_ms=MIN)
     r = client.save_entity_state(uid, "a", 190_000, b"a@190000")
     assert (r.filled_count, r.first_filled_ms, r.last_filled_ms) == (3, 60_000, 180_000)
     assert client.list_savepoints(uid) == []  # b has not saved: nothing is complete
@@ -86,7 +88,7 @@ def test_one_save_fills_60000_120000_and_180000(client: sk.SyncClient, uid: str)
 
 
 def test_a_savepoint_is_not_loadable_until_every_entity_saved(client: sk.SyncClient, uid: str) -> None:
-    client.init_run(uid, {"a": b"", "b": b"", "c": b""}, start_ms=0, schedule_ms=MIN)
+    client.create_run(uid, {"a": b"", "b": b"", "c": b""}, start_ms=0, schedule_ms=MIN)
     client.save_entity_states([sk.EntitySave(uid, "a", 60_000, b"A"), sk.EntitySave(uid, "b", 61_000, b"B")])
     with pytest.raises(sk.NotFoundError) as e:
         client.load_latest_savepoint(uid)
@@ -105,7 +107,7 @@ def test_a_savepoint_is_not_loadable_until_every_entity_saved(client: sk.SyncCli
 def test_ack_below_the_next_savepoint_saves_nothing_and_at_or_beyond_it_once(
     client: sk.SyncClient, uid: str
 ) -> None:
-    client.init_run(uid, {"e": b"initial"}, start_ms=0, schedule_ms=MIN, keep=5)
+    client.create_run(uid, {"e": b"initial"}, start_ms=0, schedule_ms=MIN, keep=5)
     client.update_entity_state(uid, "e", b"s1")
     below = client.ack_processed_times([sk.EntityAck(uid, "e", 59_999)])
     assert below.revision == 0 and not below.results[0].saved and below.results[0].next_savepoint_ms == 60_000
@@ -137,7 +139,7 @@ def test_ack_below_the_next_savepoint_saves_nothing_and_at_or_beyond_it_once(
 
 
 def test_an_ack_without_an_update_saves_the_last_saved_state(client: sk.SyncClient, uid: str) -> None:
-    client.init_run(uid, {"a": b"a-initial", "b": b"b-initial"}, start_ms=0, schedule_ms=MIN)
+    client.create_run(uid, {"a": b"a-initial", "b": b"b-initial"}, start_ms=0, schedule_ms=MIN)
     client.ack_processed_times([sk.EntityAck(uid, "a", 60_000), sk.EntityAck(uid, "b", 60_000)])
     assert states(client.load_latest_savepoint(uid)) == {"a": b"a-initial", "b": b"b-initial"}
     client.save_entity_state(uid, "a", 120_000, b"a-saved")
@@ -153,7 +155,7 @@ def test_saves_for_many_runs_travel_in_one_call_and_retries_apply_once(
 ) -> None:
     r1, r2 = uid + "-1", uid + "-2"
     for r in (r1, r2):
-        client.init_run(r, {"x": b"", "y": b""}, start_ms=0, schedule_ms=1_000)
+        client.create_run(r, {"x": b"", "y": b""}, start_ms=0, schedule_ms=1_000)
     saves = [sk.EntitySave(r, e, 1_500, f"{r}/{e}") for r in (r1, r2) for e in ("x", "y")]
     first = client.save_entity_states(saves, request_id=uid)
     assert set(first.completed) == {(r1, 1_000), (r2, 1_000)}
@@ -170,7 +172,7 @@ def test_saves_for_many_runs_travel_in_one_call_and_retries_apply_once(
 
 
 def test_keep_n_deletes_older_savepoints_in_the_completing_commit(client: sk.SyncClient, uid: str) -> None:
-    client.init_run(uid, {"e": b""}, start_ms=0, schedule_ms=MIN, keep=2)
+    client.create_run(uid, {"e": b""}, start_ms=0, schedule_ms=MIN, keep=2)
     assert client.get_run(uid).keep_count == 2
     for t in (60_000, 120_000):
         client.save_entity_state(uid, "e", t, str(t))
@@ -187,14 +189,14 @@ def test_keep_n_deletes_older_savepoints_in_the_completing_commit(client: sk.Syn
     assert states(client.load_savepoint(uid, 540_000)) == {"e": b"600000"}
     # the server default (3) applies when the run does not choose
     other = uid + "-default"
-    assert client.init_run(other, {"e": b""}, start_ms=0, schedule_ms=MIN).keep_count == 3
+    assert client.create_run(other, {"e": b""}, start_ms=0, schedule_ms=MIN).keep_count == 3
     for t in range(1, 6):
         client.save_entity_state(other, "e", t * MIN, b"")
     assert [s.timestamp_ms for s in client.list_savepoints(other)] == [180_000, 240_000, 300_000]
 
 
 def test_delete_run(client: sk.SyncClient, uid: str) -> None:
-    client.init_run(uid, {"a": b"a0", "b": b"b0"}, start_ms=0, schedule_ms=MIN)
+    client.create_run(uid, {"a": b"a0", "b": b"b0"}, start_ms=0, schedule_ms=MIN)
     client.save_entity_states([sk.EntitySave(uid, e, 125_000, e) for e in ("a", "b")])
     client.save_entity_state(uid, "a", 200_000, b"pending")  # a contribution to an incomplete one
     assert client.delete_run(uid) == 2
@@ -205,7 +207,7 @@ def test_delete_run(client: sk.SyncClient, uid: str) -> None:
     with pytest.raises(sk.NotFoundError):
         client.delete_run(uid)
     # the id can be used again, and nothing of the old run shows through
-    client.init_run(uid, {"a": b"new-a"}, start_ms=0, schedule_ms=MIN)
+    client.create_run(uid, {"a": b"new-a"}, start_ms=0, schedule_ms=MIN)
     assert client.list_savepoints(uid) == []
     r = client.ack_processed_time(uid, "a", 60_000)
     assert r.saved and states(client.load_latest_savepoint(uid)) == {"a": b"new-a"}
@@ -227,7 +229,7 @@ def _v2_to_v3(s: dict[str, bytes]) -> dict[str, bytes]:
 
 
 def test_upgrade_chain_on_load_and_write_back(client: sk.SyncClient, uid: str) -> None:
-    client.init_run(uid, {"a": b'{"count": 0}', "b": b'{"count": 0}'}, start_ms=0, schedule_ms=MIN)
+    client.create_run(uid, {"a": b'{"count": 0}', "b": b'{"count": 0}'}, start_ms=0, schedule_ms=MIN)
     client.save_entity_states(
         [sk.EntitySave(uid, e, 60_000, json.dumps({"count": n})) for n, e in enumerate("ab")]
     )
@@ -261,7 +263,7 @@ def test_upgrade_chain_on_load_and_write_back(client: sk.SyncClient, uid: str) -
 
 
 def test_update_savepoint_can_change_the_entities(client: sk.SyncClient, uid: str) -> None:
-    client.init_run(uid, {"a": b"1", "b": b"2"}, start_ms=0, schedule_ms=MIN, keep=3)
+    client.create_run(uid, {"a": b"1", "b": b"2"}, start_ms=0, schedule_ms=MIN, keep=3)
     for t in (60_000, 120_000):
         client.save_entity_states([sk.EntitySave(uid, e, t, f"{e}{t}") for e in ("a", "b")])
     run = client.update_savepoint(uid, 60_000, {"a": b"A", "c": b"C"}, schema_version=2)
@@ -282,7 +284,7 @@ def test_update_savepoint_can_change_the_entities(client: sk.SyncClient, uid: st
 
 
 def test_bad_input_is_refused_and_writes_nothing(client: sk.SyncClient, uid: str) -> None:
-    client.init_run(uid, {"a": b"", "b": b""}, start_ms=10_000, schedule_ms=MIN)
+    client.create_run(uid, {"a": b"", "b": b""}, start_ms=10_000, schedule_ms=MIN)
     good = sk.EntitySave(uid, "a", 60_000, b"good")
     cases: list[tuple[sk.EntitySave, type[sk.StatekeeperError], str, str]] = [
         (sk.EntitySave(uid + "-nope", "a", 60_000, b""), sk.NotFoundError, "RUN_NOT_FOUND", ""),
@@ -328,11 +330,11 @@ def test_bad_input_is_refused_and_writes_nothing(client: sk.SyncClient, uid: str
         ({"a": b"x" * (1024 * 1024 + 1)}, {}, "STATE_TOO_LARGE"),
     ]:
         with pytest.raises(sk.InvalidArgumentError) as e:
-            client.init_run(uid + "-bad", entities, **kwargs)  # type: ignore[arg-type]
+            client.create_run(uid + "-bad", entities, **kwargs)  # type: ignore[arg-type]
         assert e.value.reason == reason
     assert not client.is_run_initialized(uid + "-bad")
     with pytest.raises(sk.AlreadyExistsError) as e:
-        client.init_run(uid, {"a": b""})
+        client.create_run(uid, {"a": b""})
     assert e.value.reason == "RUN_EXISTS"
     with pytest.raises(sk.NotFoundError):
         client.list_savepoints(uid + "-nope")
@@ -346,11 +348,11 @@ def test_bad_input_is_refused_and_writes_nothing(client: sk.SyncClient, uid: str
 def test_initialised_before_and_after_init_and_after_a_restart(fresh_server: ServerProcess) -> None:
     with sk.SyncClient.connect(fresh_server.address) as c:
         assert not c.is_run_initialized("run")
-        c.init_run("run", {"a": b"a0", "b": b"b0"}, start_ms=0, schedule_ms=MIN, keep=1)
+        c.create_run("run", {"a": b"a0", "b": b"b0"}, start_ms=0, schedule_ms=MIN, keep=1)
         assert c.is_run_initialized("run")
         c.save_entity_states([sk.EntitySave("run", e, 60_000, e) for e in "ab"])
         c.save_entity_states([sk.EntitySave("run", e, 120_000, e * 3) for e in "ab"])
-        c.init_run("gone", {"x": b"x0"}, start_ms=0, schedule_ms=MIN)
+        c.create_run("gone", {"x": b"x0"}, start_ms=0, schedule_ms=MIN)
         c.save_entity_state("gone", "x", 130_000, b"x")
         c.delete_run("gone")
     fresh_server.kill()  # SIGKILL: acknowledged means durable
@@ -359,7 +361,7 @@ def test_initialised_before_and_after_init_and_after_a_restart(fresh_server: Ser
         assert c.is_run_initialized("run") and not c.is_run_initialized("gone")
         assert states(c.load_latest_savepoint("run")) == {"a": b"aaa", "b": b"bbb"}
         with pytest.raises(sk.AlreadyExistsError):
-            c.init_run("run", {"a": b""})
+            c.create_run("run", {"a": b""})
     fresh_server.terminate()
     store = RocksStore(fresh_server.data_dir)
     try:
@@ -387,7 +389,7 @@ def test_initialised_before_and_after_init_and_after_a_restart(fresh_server: Ser
 
 def test_update_state_alone_persists_nothing(fresh_server: ServerProcess) -> None:
     with sk.SyncClient.connect(fresh_server.address) as c:
-        c.init_run("run", {"e": b"initial"}, start_ms=0, schedule_ms=MIN)
+        c.create_run("run", {"e": b"initial"}, start_ms=0, schedule_ms=MIN)
         before = c.get_run("run")
         assert c.update_entity_states([sk.EntityUpdate("run", "e", b"updated")]) == 1
         assert c.get_run("run") == before
@@ -416,7 +418,7 @@ def test_a_corrupted_savepoint_is_detected_and_the_previous_one_loaded(
     fresh_server: ServerProcess, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with sk.SyncClient.connect(fresh_server.address) as c:
-        c.init_run("run", {"a": b"", "b": b""}, start_ms=0, schedule_ms=MIN, keep=3)
+        c.create_run("run", {"a": b"", "b": b""}, start_ms=0, schedule_ms=MIN, keep=3)
         for t in (60_000, 120_000, 180_000):
             c.save_entity_states([sk.EntitySave("run", e, t, f"{e}{t}") for e in "ab"])
     assert fresh_server.terminate() == 0
@@ -543,7 +545,7 @@ def test_backup_and_restore(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         with sk.SyncClient.connect(server.address) as c:
             c.register_machine_type(ORDER)
             c.create_root("order", "o1")
-            c.init_run("run", {"e": b""}, start_ms=0, schedule_ms=MIN)
+            c.create_run("run", {"e": b""}, start_ms=0, schedule_ms=MIN)
             c.save_entity_state("run", "e", 60_000, b"in the backup")
             backup = c.create_backup("nightly")
             assert backup.name == "nightly" and Path(backup.path) == backups / "nightly"
@@ -581,7 +583,7 @@ def test_backup_and_restore(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 def test_cli_savepoints(
     server: ServerProcess, client: sk.SyncClient, uid: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    client.init_run(uid, {"a": b"hello", "b": b"world"}, start_ms=0, schedule_ms=MIN)
+    client.create_run(uid, {"a": b"hello", "b": b"world"}, start_ms=0, schedule_ms=MIN)
     client.save_entity_states([sk.EntitySave(uid, e, 130_000, e + "!") for e in "ab"])
     assert cli(["savepoints", "list", uid, "--server", server.address]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -612,7 +614,7 @@ def test_readme_savepoints_example_runs(server: ServerProcess, uid: str) -> None
 
 
 def test_savepoint_changes_are_events(client: sk.SyncClient, uid: str) -> None:
-    run = client.init_run(uid, {"e": b""}, start_ms=0, schedule_ms=MIN)
+    run = client.create_run(uid, {"e": b""}, start_ms=0, schedule_ms=MIN)
     client.save_entity_state(uid, "e", 60_000, b"x")
     client.delete_run(uid)
     kinds = ["run_initialised", "entity_saved", "savepoint_completed", "run_deleted"]
@@ -627,7 +629,7 @@ def test_savepoint_changes_are_events(client: sk.SyncClient, uid: str) -> None:
 
 def test_a_savepoint_larger_than_a_message_chunk_loads_whole(client: sk.SyncClient, uid: str) -> None:
     big = {f"e{i}": bytes([i]) * 700_000 for i in range(4)}  # streamed in several messages
-    client.init_run(uid, dict.fromkeys(big, b""), start_ms=0, schedule_ms=MIN)
+    client.create_run(uid, dict.fromkeys(big, b""), start_ms=0, schedule_ms=MIN)
     client.save_entity_states([sk.EntitySave(uid, e, 60_000, s) for e, s in big.items()])
     assert client.load_latest_savepoint(uid).states == big
     assert client.list_savepoints(uid)[0].size_bytes == 4 * 700_000

@@ -4,6 +4,10 @@ by scripts/gen_sync_client.py (unasync); edit here, then regenerate."""
 from __future__ import annotations
 
 import dataclasses
+import random
+import secrets
+import time
+import warnings
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
@@ -11,8 +15,23 @@ import grpc
 
 from statekeeper import _convert
 from statekeeper._batch import Batch
-from statekeeper._channels import DEFAULT_OPTIONS, AioChannel, aio_channel, aio_ready, aio_sleep
-from statekeeper._errors import NotFoundError, UnavailableError, from_rpc_error
+from statekeeper._channels import (
+    DEFAULT_OPTIONS,
+    AioChannel,
+    aio_channel,
+    aio_probe,
+    aio_sleep,
+    aio_speaks_tls,
+)
+from statekeeper._errors import (
+    ConnectInfo,
+    ConnectionFailedError,
+    NotFoundError,
+    StatekeeperError,
+    connection_error,
+    from_rpc_error,
+    is_transient,
+)
 from statekeeper._tls import PemSource, tls_credentials
 from statekeeper._types import (
     Backup,
@@ -44,6 +63,7 @@ from statekeeper._types import (
     TreeSnapshot,
     Upgrade,
     as_ref,
+    as_root_id,
 )
 from statekeeper.v1 import (
     admin_pb2,
@@ -62,6 +82,34 @@ from statekeeper.v1 import (
 )
 
 DEFAULT_TIMEOUT = 30.0
+DEFAULT_RETRIES = 3
+RETRY_BACKOFF_S = (0.2, 2.0)
+"""First and largest pause between attempts; each pause doubles, with jitter (uniform in [d/2, d])."""
+
+# Requests a retry cannot apply twice, whatever their content: reads, and writes whose repetition
+# the server recognises (identical registration, acks, a lease token's first outcome, a state set).
+_READ_PREFIXES = ("Get", "List", "Walk", "Render", "Load")
+_IDEMPOTENT = frozenset(
+    {
+        "RegisterMachineTypeRequest",
+        "AckRequest",
+        "HeartbeatTaskRequest",
+        "CompleteTaskRequest",
+        "UpdateEntityStatesRequest",
+    }
+)
+
+
+def _safe_to_retry(request: Any) -> bool:
+    name = type(request).__name__
+    return name.startswith(_READ_PREFIXES) or name in _IDEMPOTENT or bool(getattr(request, "request_id", ""))
+
+
+def _backoff(attempt: int) -> float:
+    first, largest = RETRY_BACKOFF_S
+    pause = min(largest, first * 2**attempt)
+    return random.uniform(pause / 2, pause)
+
 
 _DIAGRAM_FORMATS = {
     "mermaid": machine_type_pb2.DIAGRAM_FORMAT_MERMAID,
@@ -83,10 +131,16 @@ class Client:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         metadata: Sequence[tuple[str, str]] = (),
+        retries: int = DEFAULT_RETRIES,
+        auto_request_ids: bool = False,
+        connection: ConnectInfo | None = None,
     ):
         self.channel = channel
         self.timeout = timeout
         self.metadata = tuple(metadata)
+        self.retries = retries
+        self.auto_request_ids = auto_request_ids
+        self.connection = connection
         self._types = machine_type_pb2_grpc.MachineTypeServiceStub(channel)
         self._nodes = node_pb2_grpc.NodeServiceStub(channel)
         self._tasks = task_pb2_grpc.TaskServiceStub(channel)
@@ -103,35 +157,81 @@ class Client:
         token: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         wait_ready: float | None = 10.0,
+        wait_for_server: bool = False,
+        retries: int = DEFAULT_RETRIES,
+        auto_request_ids: bool = False,
         tls: bool = False,
         tls_ca: PemSource | None = None,
         tls_cert: PemSource | None = None,
         tls_key: PemSource | None = None,
         tls_server_name: str | None = None,
     ) -> Client:
-        """Open a channel to target; wait up to wait_ready seconds for it (None: do not wait).
+        """Open a channel to target and check that the server answers.
+
+        The check fails fast with ConnectionFailedError when the cause is known (nothing
+        listening, TLS on one side only, a missing or refused client certificate), else after
+        wait_ready seconds without an answer; wait_ready=None skips it. wait_for_server=True
+        keeps trying while nothing listens yet (a server still starting), up to wait_ready.
 
         TLS: pass tls_ca (the CA to trust: a PEM path or bytes), or tls=True for the system's
         roots; tls_cert and tls_key add a client certificate (mutual TLS); tls_server_name
         overrides the name the server's certificate is checked against. Or pass ready-made
         credentials (see tls_credentials). token is sent as `authorization: Bearer <token>`.
+
+        Retries: a call that gets UNAVAILABLE is tried again up to `retries` times (pauses from
+        0.2 s doubling to 2 s) when repeating it cannot apply it twice: reads, naturally
+        idempotent calls, and writes that carry a request_id; not after a fail-stop of the server
+        (STORE_FAILED, COMMIT_OUTCOME_UNKNOWN). auto_request_ids=True gives every
+        write without one a fresh request_id, so every write is retried safely (each costs the
+        server a stored outcome for its --request-ttl-s).
         """
-        if tls or tls_ca is not None or tls_cert is not None or tls_key is not None:
+        uses_tls = tls or tls_ca is not None or tls_cert is not None or tls_key is not None
+        if uses_tls:
             if credentials is not None:
                 raise ValueError("pass either credentials or tls/tls_ca/tls_cert/tls_key, not both")
             credentials = tls_credentials(tls_ca, tls_cert, tls_key)
         options = DEFAULT_OPTIONS
         if tls_server_name:
             options = (*options, ("grpc.ssl_target_name_override", tls_server_name))
+        connection = ConnectInfo(target, credentials is not None, tls_cert is not None)
         channel = aio_channel(target, credentials, options)
         if wait_ready is not None:
-            try:
-                await aio_ready(channel, wait_ready)
-            except Exception as e:
+            failure = await cls._check_connection(channel, connection, wait_ready, wait_for_server)
+            if failure is not None:
                 await channel.close()
-                raise ConnectionError(f"statekeeper server at {target} is not reachable: {e!r}") from None
+                raise failure
         metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        return cls(channel, timeout=timeout, metadata=metadata)
+        return cls(
+            channel,
+            timeout=timeout,
+            metadata=metadata,
+            retries=retries,
+            auto_request_ids=auto_request_ids,
+            connection=connection,
+        )
+
+    @staticmethod
+    async def _check_connection(
+        channel: AioChannel, connection: ConnectInfo, wait: float, wait_for_server: bool
+    ) -> ConnectionFailedError | None:
+        deadline = time.monotonic() + wait
+        while True:
+            details = await aio_probe(channel, max(0.05, deadline - time.monotonic()))
+            if details is None:
+                return None
+            server_tls = None
+            if not connection.tls and "closed" in details.lower():
+                server_tls = await aio_speaks_tls(connection.target)
+            failure = connection_error(
+                connection.target,
+                details,
+                tls=connection.tls,
+                client_cert=connection.client_cert,
+                server_speaks_tls=server_tls,
+            ) or ConnectionFailedError(connection.target, "CONNECTION_FAILED", details, "")
+            if not (wait_for_server and failure.retryable) or time.monotonic() >= deadline:
+                return failure
+            await aio_sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
     async def close(self) -> None:
         await self.channel.close()
@@ -142,11 +242,27 @@ class Client:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def _error(self, error: grpc.RpcError) -> StatekeeperError:
+        return from_rpc_error(error, self.connection)
+
+    def _prepare(self, request: Any) -> bool:
+        """Give a write its automatic request_id (if on); whether the request may be retried."""
+        if self.auto_request_ids and hasattr(request, "request_id") and not request.request_id:
+            request.request_id = "sk-" + secrets.token_hex(12)
+        return _safe_to_retry(request)
+
     async def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
-        try:
-            return await method(request, timeout=timeout or self.timeout, metadata=self.metadata)
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+        retry = self._prepare(request)
+        attempt = 0
+        while True:
+            try:
+                return await method(request, timeout=timeout or self.timeout, metadata=self.metadata)
+            except grpc.RpcError as e:
+                error = self._error(e)
+            if not (retry and attempt < self.retries and is_transient(error)):
+                raise error
+            await aio_sleep(_backoff(attempt))
+            attempt += 1
 
     # -- machine types -----------------------------------------------------------------------
 
@@ -381,8 +497,8 @@ class Client:
                     if progress and not resp.events:
                         yield Event(resp.progress_revision, 0, "progress", 0, None)
             except grpc.RpcError as e:
-                error = from_rpc_error(e)
-                if not reconnect or not isinstance(error, UnavailableError):
+                error = self._error(e)
+                if not reconnect or not is_transient(error):
                     raise error from None
             finally:
                 call.cancel()  # when the caller stops iterating, end the stream at the server too
@@ -453,8 +569,8 @@ class Client:
                         yield Delivery(_convert.event(d.event), d.delivery_count)
                 return  # the consumer was deleted
             except grpc.RpcError as e:
-                error = from_rpc_error(e)
-                if not reconnect or not isinstance(error, UnavailableError):
+                error = self._error(e)
+                if not reconnect or not is_transient(error):
                     raise error from None
             finally:
                 call.cancel()  # unacknowledged deliveries go back to the consumer at once
@@ -559,7 +675,7 @@ class Client:
                 for t in resp.tasks:
                     yield _convert.leased_task(t)
         except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+            raise self._error(e) from None
         finally:
             call.cancel()
 
@@ -617,14 +733,21 @@ class Client:
     # -- savepoints: runs --------------------------------------------------------------------
 
     async def _stream(self, method: Any, request: Any, timeout: float | None = None) -> list[Any]:
-        """Every message of a server stream (a finite one)."""
-        try:
-            call = method(request, timeout=timeout or self.timeout, metadata=self.metadata)
-            return [message async for message in call]
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from None
+        """Every message of a server stream (a finite one), retried like _call."""
+        retry = self._prepare(request)
+        attempt = 0
+        while True:
+            try:
+                call = method(request, timeout=timeout or self.timeout, metadata=self.metadata)
+                return [message async for message in call]
+            except grpc.RpcError as e:
+                error = self._error(e)
+            if not (retry and attempt < self.retries and is_transient(error)):
+                raise error
+            await aio_sleep(_backoff(attempt))
+            attempt += 1
 
-    async def init_run(
+    async def create_run(
         self,
         run_id: str,
         entities: Mapping[str, State] | Sequence[tuple[str, State]],
@@ -635,7 +758,7 @@ class Client:
         keep: int = 0,
         request_id: str = "",
     ) -> Run:
-        """Initialise a run (Runbox's init_run_state): its entities with their initial states, its
+        """Create a run (CreateRun; Runbox's init_run_state): its entities with their initial states, its
         start (epoch ms) and schedule (savepoint interval in ms; 0: never a savepoint). Savepoints
         are the multiples of the schedule after the start; the newest `keep` complete ones are
         kept (0: the server's default). An existing run is AlreadyExistsError (RUN_EXISTS)."""
@@ -653,6 +776,29 @@ class Client:
         )
         resp = await self._call(self._savepoints.CreateRun, req)
         return _convert.run(resp.run)
+
+    async def init_run(
+        self,
+        run_id: str,
+        entities: Mapping[str, State] | Sequence[tuple[str, State]],
+        *,
+        start_ms: int = 0,
+        schedule_ms: int = 0,
+        schema_version: int = 1,
+        keep: int = 0,
+        request_id: str = "",
+    ) -> Run:
+        """Deprecated: the old name of create_run (the RPC is CreateRun)."""
+        warnings.warn("init_run is deprecated: use create_run", DeprecationWarning, stacklevel=2)
+        return await self.create_run(
+            run_id,
+            entities,
+            start_ms=start_ms,
+            schedule_ms=schedule_ms,
+            schema_version=schema_version,
+            keep=keep,
+            request_id=request_id,
+        )
 
     async def get_run(self, run_id: str) -> Run:
         """A run; NotFoundError (reason RUN_NOT_FOUND) when it is not initialised."""
@@ -812,13 +958,13 @@ class Client:
     async def create_tree_snapshot(self, root: RefLike, name: str, *, request_id: str = "") -> TreeSnapshot:
         """Store the tree of `root` (its nodes and pending tasks, as durable now) under `name`."""
         req = savepoint_pb2.CreateTreeSnapshotRequest(
-            root_id=as_ref(root).root_id, name=name, request_id=request_id
+            root_id=as_root_id(root), name=name, request_id=request_id
         )
         resp = await self._call(self._savepoints.CreateTreeSnapshot, req)
         return _convert.tree_snapshot(resp.snapshot)
 
     async def list_tree_snapshots(self, root: RefLike) -> list[TreeSnapshot]:
-        req = savepoint_pb2.ListTreeSnapshotsRequest(root_id=as_ref(root).root_id)
+        req = savepoint_pb2.ListTreeSnapshotsRequest(root_id=as_root_id(root))
         resp = await self._call(self._savepoints.ListTreeSnapshots, req)
         return [_convert.tree_snapshot(s) for s in resp.snapshots]
 
@@ -827,7 +973,7 @@ class Client:
         moves forward (older task references become stale), nodes added since are deleted, and
         the snapshot's pending tasks are created anew."""
         req = savepoint_pb2.RestoreTreeSnapshotRequest(
-            root_id=as_ref(root).root_id, name=name, request_id=request_id
+            root_id=as_root_id(root), name=name, request_id=request_id
         )
         resp = await self._call(self._savepoints.RestoreTreeSnapshot, req)
         return TreeRestore(
@@ -839,7 +985,7 @@ class Client:
     ) -> TreeRestore:
         """Create a new tree, rooted at new_root_id, from a snapshot of `root`."""
         req = savepoint_pb2.ForkTreeSnapshotRequest(
-            root_id=as_ref(root).root_id, name=name, new_root_id=new_root_id, request_id=request_id
+            root_id=as_root_id(root), name=name, new_root_id=new_root_id, request_id=request_id
         )
         resp = await self._call(self._savepoints.ForkTreeSnapshot, req)
         return TreeRestore(_convert.node(resp.root), resp.revision, resp.node_count, 0, resp.task_count)
@@ -847,7 +993,7 @@ class Client:
     async def delete_tree_snapshot(self, root: RefLike, name: str, *, request_id: str = "") -> int:
         """Delete a snapshot; returns the revision of the commit."""
         req = savepoint_pb2.DeleteTreeSnapshotRequest(
-            root_id=as_ref(root).root_id, name=name, request_id=request_id
+            root_id=as_root_id(root), name=name, request_id=request_id
         )
         return int((await self._call(self._savepoints.DeleteTreeSnapshot, req)).revision)
 

@@ -1,10 +1,12 @@
-"""Configuration from flags and environment variables (flags win). Every setting is listed in
-the README with its default."""
+"""Configuration from flags, environment variables and a TOML file: a flag wins over its
+environment variable, which wins over the file (--config FILE or STATEKEEPER_CONFIG), which wins
+over the default. Every setting is listed in docs/operations.md with its default."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -73,6 +75,7 @@ class Config:
     task_breaker_cooldown_s: float = 30.0
     savepoint_keep: int = 3
     backup_dir: str = "./statekeeper-backups"
+    otel_traces: str = ""
     limits: Limits = field(default_factory=Limits)
 
 
@@ -110,6 +113,7 @@ _HELP = {
     "task_max_in_flight": "most outbound tasks of one destination leased at once",
     "task_breaker_threshold": "consecutive failures of a destination that open its circuit breaker (0: never)",
     "task_breaker_cooldown_s": "seconds an open breaker hands out nothing before one probe task",
+    "otel_traces": "OpenTelemetry traces, a span per call with its request_id: otlp (OTEL_EXPORTER_OTLP_* variables say where) or console; empty: off (needs the otel extra)",
     "failpoints": "fault injection for tests: name=action[,name=action] (see docs/operations.md)",
 }
 
@@ -135,35 +139,92 @@ _LIMIT_HELP = {
 }
 
 
-def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Config:
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("statekeeper")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """A TOML file of settings: the flag names without "--" (`data-dir` or `data_dir`), flat."""
+    try:
+        with open(path, "rb") as f:
+            values = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ValueError(f"config file {path}: {e}") from None
+    return {name.replace("-", "_"): value for name, value in values.items()}
+
+
+def build_parser(
+    environ: dict[str, str] | os._Environ[str] | None = None, file_values: dict[str, Any] | None = None
+) -> argparse.ArgumentParser:
+    """The `statekeeper serve` flags; each default is its environment variable, else its value
+    in the config file, else the built-in default."""
     env = os.environ if environ is None else environ
+    file_values = dict(file_values or {})
     defaults = Config()
     parser = argparse.ArgumentParser(
         prog="statekeeper serve",
         description="Run the statekeeper gRPC server.",
-        epilog=f"Every flag can also be set as an environment variable, e.g. {ENV_PREFIX}DATA_DIR.",
+        epilog=f"Every flag can also be set as an environment variable, e.g. {ENV_PREFIX}DATA_DIR, or "
+        'in a TOML file given with --config (e.g. data-dir = "/var/lib/statekeeper"). A flag wins over '
+        "its variable, a variable over the file, the file over the default.",
     )
-    for f in fields(Config):
-        if f.name == "limits":
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        env_value = env.get(ENV_PREFIX + f.name.upper())
-        kinds: dict[type, Callable[[str], Any]] = {bool: _bool, int: int, float: float, str: str}
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=env.get(CONFIG_ENV, ""),
+        help=f"TOML file of settings, keys named like the flags ({CONFIG_ENV})",
+    )
+    parser.add_argument("--version", action="version", version=f"statekeeper {_version()}")
+    kinds: dict[type, Callable[[str], Any]] = {bool: _bool, int: int, float: float, str: str}
+    settings = [
+        (f.name, getattr(defaults, f.name), _HELP[f.name]) for f in fields(Config) if f.name != "limits"
+    ]
+    settings += [
+        (f.name, getattr(Limits(), f.name), _LIMIT_HELP.get(f.name, "limit")) for f in fields(Limits)
+    ]
+    for name, default, help_text in settings:
         kind = kinds.get(type(default), _failpoints)
-        value = kind(env_value) if env_value is not None else default
-        parser.add_argument(flag, type=kind, default=value, help=f"{_HELP[f.name]} (default: {default!r})")
-    for f in fields(Limits):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(Limits(), f.name)
-        env_value = env.get(ENV_PREFIX + f.name.upper())
+        value = default
+        try:
+            if name in file_values:
+                raw = file_values.pop(name)
+                value = kind(str(raw).lower() if isinstance(raw, bool) else str(raw))
+            if ENV_PREFIX + name.upper() in env:
+                value = kind(env[ENV_PREFIX + name.upper()])
+        except (ValueError, argparse.ArgumentTypeError) as e:
+            parser.error(f"{name}: {e}")
+        shown = default if kind is not _failpoints else ""
         parser.add_argument(
-            flag,
-            type=int,
-            default=int(env_value) if env_value is not None else default,
-            help=f"{_LIMIT_HELP.get(f.name, 'limit')} (default: {default})",
+            "--" + name.replace("_", "-"), type=kind, default=value, help=f"{help_text} (default: {shown!r})"
         )
+    if file_values:
+        known = ", ".join(name.replace("_", "-") for name, _, _ in settings)
+        parser.error(
+            f"unknown setting(s) in the config file: {', '.join(sorted(file_values))}; known: {known}"
+        )
+    return parser
+
+
+def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Config:
+    env = os.environ if environ is None else environ
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--config", default=env.get(CONFIG_ENV, ""))
+    path = first.parse_known_args(argv)[0].config
+    try:
+        file_values = read_config_file(path) if path else {}
+    except ValueError as e:
+        build_parser(env).error(str(e))
+    parser = build_parser(env, file_values)
     args = vars(parser.parse_args(argv))
+    args.pop("config")
     limits = Limits(**{f.name: args.pop(f.name) for f in fields(Limits)})
     for name in ("max_data_bytes", "max_payload_bytes"):
         if getattr(limits, name) >= args["max_message_bytes"]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
 import sys
 
 from statekeeper_server.app import config as config_mod
@@ -13,9 +15,47 @@ from statekeeper_server.app.server import serve
 from statekeeper_server.storage.base import StoreError
 
 
+def listen_address_in_use(listen: str) -> str | None:
+    """Why `listen` cannot be bound, when another process holds it; None when it looks free.
+    Checked before anything else starts, so a busy port creates no data folder. (The real bind
+    comes later and can still fail: that is reported too, only after the store opened.)"""
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit() or int(port) == 0:
+        return None
+    try:
+        infos = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM)
+    except OSError:
+        return None  # gRPC reports an unresolvable host itself
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
+            try:
+                probe.bind(address)
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    return f"{listen} is already in use (another statekeeper? choose another --listen)"
+                if e.errno == errno.EACCES:
+                    return f"no permission to listen on {listen} (ports below 1024 need privileges)"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = config_mod.parse(argv)
+    busy = listen_address_in_use(cfg.listen)
+    if busy is not None:
+        print(f"statekeeper: cannot start: {busy}", file=sys.stderr)
+        return 2
     logs.setup(cfg.log_level, cfg.log_format)
+    if cfg.otel_traces:
+        try:
+            from statekeeper_server.app import tracing
+        except ImportError as e:
+            print(
+                f"statekeeper: cannot start: --otel-traces needs the otel extra ({e.name} is missing): pip install 'statekeeper[otel]'",
+                file=sys.stderr,
+            )
+            return 2
+        tracing.setup(cfg.otel_traces)
     # The WAL-sync thread must get the GIL back promptly when its fsync returns; the default
     # 5 ms switch interval would add up to 5 ms to every contended commit.
     sys.setswitchinterval(0.0005)

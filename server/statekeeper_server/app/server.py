@@ -8,6 +8,7 @@ import logging
 import os
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -112,6 +113,7 @@ class StatekeeperServer:
             shards=self.shards,
         )
         self.observers: list[CallObserver] = []
+        self.tracer_provider: Any = None  # tests: trace into this provider (app/tracing.py)
         self.limit = ConcurrencyLimit(
             config.max_concurrent_rpcs, float(config.failpoints.get("rpc.delay", 0) or 0)
         )
@@ -166,6 +168,13 @@ class StatekeeperServer:
 
     async def start(self) -> None:
         cfg = self.config
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if cfg.otel_traces or self.tracer_provider is not None:  # outermost: refusals get spans too
+            from statekeeper_server.app import tracing
+
+            interceptors.append(tracing.instrument(self, self.tracer_provider))
+        if len(self.tokens):  # no tokens configured: no interceptor at all (nothing on the hot path)
+            interceptors.append(AuthInterceptor(self.tokens, self.observers))
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
@@ -175,8 +184,7 @@ class StatekeeperServer:
             # Not grpc's maximum_concurrent_rpcs: its bound drifts up with every refusal; the
             # handlers count calls themselves (entrypoints/grpc/handler.py ConcurrencyLimit).
             maximum_concurrent_rpcs=None,
-            # No tokens configured: no interceptor at all (auth off, nothing on the hot path).
-            interceptors=[AuthInterceptor(self.tokens, self.observers)] if len(self.tokens) else None,
+            interceptors=interceptors or None,
         )
         server.add_generic_rpc_handlers(
             [
