@@ -24,7 +24,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 
 from statekeeper_server.core.shards import ShardMap, current_shard
-from statekeeper_server.domain.errors import DomainError, InvalidArgument, ResourceExhausted
+from statekeeper_server.domain.errors import DomainError, InvalidArgument, ResourceExhausted, Unavailable
 from statekeeper_server.entrypoints.grpc.errors import rich_status
 from statekeeper_server.entrypoints.grpc.forwarding import FORWARDED_HEADER, Forwarder, not_owner_here
 from statekeeper_server.entrypoints.grpc.routing import Router
@@ -273,9 +273,13 @@ class ClusterRouting:
         current_shard.set(shard)
         if self.shards.is_owned(shard):
             return None
-        if any(k == FORWARDED_HEADER for k, _ in context.invocation_metadata() or ()):
+        if self.forwarded(context):
             raise not_owner_here(shard)  # no second hop: the forwarding server looks again
         return shard
+
+    @staticmethod
+    def forwarded(context: grpc.aio.ServicerContext[Any, Any]) -> bool:
+        return any(k == FORWARDED_HEADER for k, _ in context.invocation_metadata() or ())
 
 
 class _CallState:
@@ -356,7 +360,19 @@ def _wrap_unary(
                 answer = await cluster.forwarder.unary(call.forward, name, request, context)
                 if answer is not None:
                     return answer
-            return await impl(request, context)
+            if cluster is None:
+                return await impl(request, context)
+            try:
+                return await impl(request, context)
+            except Unavailable as e:
+                # The shard moved away while the call waited here (nothing was applied): send
+                # it to the new owner rather than back to the caller.
+                if e.reason != "NOT_SHARD_OWNER" or cluster.forwarded(context):
+                    raise
+                answer = await cluster.forwarder.unary(current_shard.get(), name, request, context)
+                if answer is None:
+                    raise
+                return answer
 
     return handle
 
