@@ -139,6 +139,7 @@ class Membership:
             for row in free[: share - len(mine)]:
                 generation = await self._table.acquire(row.shard)
                 if generation is not None:
+                    self._store.drop_shards([row.shard])  # whatever memory held of it is old
                     self.shards.owned[row.shard] = generation
                     self._store.owned[row.shard] = generation
                     self.shards.owners[row.shard] = (me, self._table.address)

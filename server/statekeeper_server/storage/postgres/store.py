@@ -405,7 +405,7 @@ class PgStore:
                         start,
                     )
                     k = (shard, ks, start)
-                    if k not in self._cache:
+                    if k not in self._cache and shard in self.owned:
                         self._cache[k] = bytes(value) if value is not None else None
                     return
                 rows = await conn.fetch(
@@ -419,6 +419,8 @@ class PgStore:
                 )
         except _CONNECTION_ERRORS as e:
             raise unavailable(e) from e
+        if shard not in self.owned:
+            return  # given up while loading: nothing of it is kept
         cache = self._cache
         present: set[bytes] = set()
         for r in rows:
@@ -447,9 +449,11 @@ class PgStore:
         self._ranges = {k: v for k, v in self._ranges.items() if k[0] not in doomed}
 
     def _apply(self, batch: PgBatch, top: int) -> None:
-        """Memory follows a committed group."""
+        """Memory follows a committed group, for the shards still owned: one given up while the
+        group was being written is forgotten for good (its next owner writes it from now on)."""
         cache = self._cache
         ranges = self._ranges
+        owned = self.owned
         for (ks, shard, key), value in batch.ops.items():
             if ks is Keyspace.TYPES:
                 if value is not None:
@@ -460,6 +464,8 @@ class PgStore:
                     self._meta.pop(key, None)
                 else:
                     self._meta[key] = value
+                continue
+            if shard not in owned:
                 continue
             cache[(shard, ks, key)] = value
             for r in ranges.get((shard, ks), ()):
