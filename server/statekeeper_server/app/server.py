@@ -127,7 +127,12 @@ class StatekeeperServer:
                 self.engine
             ),
             node_pb2.DESCRIPTOR.services_by_name["NodeService"]: NodeServicer(self.engine),
-            task_pb2.DESCRIPTOR.services_by_name["TaskService"]: TaskServicer(self.engine, self.tasks),
+            task_pb2.DESCRIPTOR.services_by_name["TaskService"]: TaskServicer(
+                self.engine,
+                self.tasks,
+                self.routing.forwarder if self.routing is not None else None,
+                self._peers if self.routing is not None else None,
+            ),
             savepoint_pb2.DESCRIPTOR.services_by_name["SavepointService"]: SavepointServicer(
                 self.engine, Runs(self.engine, config.savepoint_keep), TreeSnapshots(self.engine)
             ),
@@ -258,6 +263,12 @@ class StatekeeperServer:
                 json.dump({"address": self.address, "pid": os.getpid(), **extra}, f)
             os.replace(tmp, cfg.ready_file)
 
+    def _peers(self) -> list[str]:
+        """The addresses of the other live servers of the cluster."""
+        if self.membership is None:
+            return []
+        return [address for id_, address, alive in self.membership.servers if alive and id_ != self.server_id]
+
     @property
     def advertised(self) -> str:
         return self.config.advertise or self.address
@@ -269,6 +280,7 @@ class StatekeeperServer:
 
         def gained(shards: set[int]) -> None:
             self.tasks.timers.wake()
+            self.tasks.outbound.wake_all()
 
         self.membership = Membership(
             self.cluster,

@@ -148,6 +148,10 @@ class Engine:
         commit.transaction(), any keyspace via commit.get/put/delete, events via commit.event);
         if it raises, nothing changes. A commit without events writes nothing (a no-op).
 
+        build may run more than once (a build that read what the store did not hold in memory
+        runs again once it is loaded; a cluster store builds a group again from another
+        revision): whatever it does besides its Commit must give the same result when repeated.
+
         The write is queued for the committer and stays queued whatever happens to the caller
         (a deadline, a disconnect): a retry with the same request_id then finds its outcome.
         `shard`: the shard whose data it reads and writes (default: the call's current_shard).

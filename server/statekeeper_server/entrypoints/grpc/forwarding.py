@@ -190,6 +190,22 @@ class Forwarder:
         finally:
             call.cancel()
 
+    # -- calls to a named peer (fan-out) ----------------------------------------------------
+
+    def peer_stream(
+        self, address: str, method: str, request: Message, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        """A server stream opened on a peer, as if forwarded (the peer does not fan out again)."""
+        stub: Any = self._channel(address).unary_stream(method)
+        return stub(request.SerializeToString(), metadata=self._metadata(context))
+
+    async def peer_unary(
+        self, address: str, method: str, request: Message, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> bytes:
+        stub: Any = self._channel(address).unary_unary(method)
+        answer: bytes = await stub(request.SerializeToString(), metadata=self._metadata(context), timeout=10)
+        return answer
+
     def _forget(self, shard: int, address: str) -> None:
         owner = self.shards.owners.get(shard)
         if owner is not None and owner[1] == address:

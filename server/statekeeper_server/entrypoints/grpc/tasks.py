@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from statekeeper.v1 import task_pb2 as pb
 from statekeeper_server.core.engine import Engine, ResponseCodec
-from statekeeper_server.domain.errors import FailedPrecondition, InvalidArgument
+from statekeeper_server.domain.errors import DomainError, FailedPrecondition, InvalidArgument
 from statekeeper_server.domain.model import TaskRecord, TaskStatus
 from statekeeper_server.domain.tasks import (
     MAX_WORKER_ID_LENGTH,
@@ -19,7 +19,9 @@ from statekeeper_server.domain.tasks import (
     check_task_id,
 )
 from statekeeper_server.domain.validation import check_address, check_name, check_page_size
-from statekeeper_server.entrypoints.grpc import convert
+from statekeeper_server.entrypoints.grpc import convert, fanout
+from statekeeper_server.entrypoints.grpc.forwarding import Forwarder
+from statekeeper_server.entrypoints.grpc.handler import ClusterRouting
 from statekeeper_server.entrypoints.grpc.nodes import fingerprint
 from statekeeper_server.features.tasks.executors import TaskExecutors, TaskView
 from statekeeper_server.features.tasks.outbound import Completion, Failure, LeasedTask
@@ -77,11 +79,20 @@ def _check_worker_id(worker_id: str) -> None:
 
 
 class TaskServicer:
-    def __init__(self, engine: Engine, tasks: TaskExecutors) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        tasks: TaskExecutors,
+        forwarder: Forwarder | None = None,
+        peers: Callable[[], list[str]] | None = None,
+    ) -> None:
         self.engine = engine
         self.limits = engine.limits
         self.tasks = tasks
         self.settings = tasks.settings
+        # Cluster mode: every server's tasks reach a worker's stream (fanout.py).
+        self.forwarder = forwarder
+        self.peers = peers
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -149,10 +160,24 @@ class TaskServicer:
         lease_ms = check_lease_ms(request.lease_duration_ms, "lease_duration_ms", self.settings)
         _check_worker_id(request.worker_id)
         max_in_flight = min(request.max_in_flight or 1, MAX_STREAM_IN_FLIGHT)
-        stream = self.tasks.outbound.stream(destinations, max_in_flight, lease_ms, request.worker_id)
-        async with contextlib.aclosing(stream) as batches:
-            async for batch in batches:
-                yield pb.LeaseTasksResponse(tasks=[self._leased(t) for t in batch])
+
+        async def local(limit: int) -> AsyncGenerator[pb.LeaseTasksResponse, None]:
+            stream = self.tasks.outbound.stream(destinations, limit, lease_ms, request.worker_id)
+            async with contextlib.aclosing(stream) as batches:
+                async for batch in batches:
+                    yield pb.LeaseTasksResponse(tasks=[self._leased(t) for t in batch])
+
+        if self.forwarder is None or self.peers is None or ClusterRouting.forwarded(context):
+            source = local(max_in_flight)
+        else:
+            source = fanout.merged(request, context, self.forwarder, self.peers, local, self._release)
+        async with contextlib.aclosing(source) as responses:
+            async for response in responses:
+                yield response
+
+    def _release(self, task_id: str, token: str) -> None:
+        with contextlib.suppress(DomainError):
+            self.tasks.outbound.release(task_id, token)
 
     @staticmethod
     def _leased(t: LeasedTask) -> pb.LeasedTask:

@@ -55,6 +55,7 @@ log = logging.getLogger("statekeeper.outbound")
 M = TypeVar("M")
 
 LEASE_REQUEST_PREFIX = "\x01lease:"  # control characters never occur in a client's request_id
+_EXPIRING = object()  # the settling marker of an expired lease being recorded
 
 
 @dataclass(eq=False)
@@ -81,7 +82,10 @@ class Lease:
     duration_ms: int
     expires_ms: int
     stream: LeaseStream | None
-    settling: bool = False  # a commit settling it is under way
+    # The settlement under way (its marker; None: none). Builds may run more than once (a
+    # cluster store builds a group again from another revision): the same settlement may claim
+    # the lease again, another one may not.
+    settling: object | None = None
     ended: bool = False
 
 
@@ -158,6 +162,13 @@ class OutboundExecutor:
             task.cancel()  # a commit already handed to the committer is still written
         await asyncio.gather(*tasks, return_exceptions=True)
         self._reaper = None
+
+    def wake_all(self) -> None:
+        """Look at every queue again (this server took shards: their tasks are its to hand out)."""
+        for state in self._destinations.values():
+            state.cursor = None
+            for stream in state.streams:
+                stream.wake.set()
 
     def queue_entry_durable(self, key: bytes) -> None:
         """A queue entry became durable (called from the durable listener)."""
@@ -265,7 +276,10 @@ class OutboundExecutor:
             if room <= 0:
                 return None
             start = state.cursor + b"\x00" if state.cursor is not None else prefix
-            page = await view.scan(Keyspace.OUTBOUND_QUEUE, start, end, limit=max(64, room * 2))
+            # Cluster mode: only the shards this server owns (it holds their leases).
+            shards = self.engine.shards
+            owned = None if shards.count == 1 else sorted(shards.owned)
+            page = await view.scan(Keyspace.OUTBOUND_QUEUE, start, end, limit=max(64, room * 2), shards=owned)
             if not page:
                 break
             task_keys = [task_key_of(k) for k, _ in page]
@@ -342,7 +356,7 @@ class OutboundExecutor:
     async def heartbeat(self, task_id: str, token: str, duration_ms: int) -> tuple[int, bool]:
         """Extend a lease; returns (new expiry, whether the task's node moved on)."""
         lease = self.held(task_id, token)
-        if not lease.settling:
+        if lease.settling is None:
             lease.expires_ms = now_ms() + (duration_ms or lease.duration_ms)
             self._schedule_expiry(lease)
         expires = lease.expires_ms
@@ -362,7 +376,7 @@ class OutboundExecutor:
             return  # already gone: releasing is idempotent
         if lease.token != token:
             self.held(task_id, token)  # raises LEASE_NOT_HELD
-        if lease.settling:
+        if lease.settling is not None:
             raise FailedPrecondition(
                 "LEASE_SETTLED", f"task {task_id} is being settled with this lease", task_id=task_id
             )
@@ -439,9 +453,10 @@ class OutboundExecutor:
     ) -> M:
         tkey = task_key(task_id)
         settling: list[tuple[Lease, Completion]] = []
+        marker = object()
 
         def build(c: Commit) -> Completion:
-            lease = self._claim(task_id, token)
+            lease = self._claim(task_id, token, marker)
             task = read_task(c, tkey)
             if task is None or task.status not in QUEUED:
                 raise FailedPrecondition(
@@ -470,8 +485,8 @@ class OutboundExecutor:
                     detail=task.name,
                 )
                 result = Completion(new, outcome)
-            lease.settling = True
-            settling.append((lease, result))
+            lease.settling = marker
+            settling[:] = [(lease, result)]
             return result
 
         def done(durable: bool) -> None:
@@ -495,17 +510,18 @@ class OutboundExecutor:
     ) -> M:
         tkey = task_key(task_id)
         settling: list[tuple[Lease, Failure]] = []
+        marker = object()
 
         def build(c: Commit) -> Failure:
-            lease = self._claim(task_id, token)
+            lease = self._claim(task_id, token, marker)
             task = read_task(c, tkey)
             if task is None or task.status not in QUEUED:
                 raise FailedPrecondition(
                     "TASK_NOT_PENDING", f"task {task_id} is not pending", task_id=task_id
                 )
             result = self._apply_failure(c, task, error, permanent)
-            lease.settling = True
-            settling.append((lease, result))
+            lease.settling = marker
+            settling[:] = [(lease, result)]
             return result
 
         def done(durable: bool) -> None:
@@ -516,9 +532,9 @@ class OutboundExecutor:
             build, respond, done, LEASE_REQUEST_PREFIX + token, fingerprint, response_codec
         )
 
-    def _claim(self, task_id: str, token: str) -> Lease:
+    def _claim(self, task_id: str, token: str, marker: object) -> Lease:
         lease = self.held(task_id, token)
-        if lease.settling:
+        if lease.settling is not None and lease.settling is not marker:
             raise FailedPrecondition(
                 "LEASE_SETTLED", f"task {task_id} is being settled with this lease", task_id=task_id
             )
@@ -590,12 +606,12 @@ class OutboundExecutor:
                 if (
                     lease is not None
                     and lease.token == token
-                    and not lease.settling
+                    and lease.settling is None
                     and lease.expires_ms <= now
                 ):
                     # From now on the lease is not held (LEASE_NOT_HELD) and the task is not
                     # handed out again until the expiry is recorded.
-                    lease.settling = True
+                    lease.settling = _EXPIRING
                     del self.leases[task_id]
                     self._busy.add(task_id)
                     expired.append(lease)
@@ -610,6 +626,7 @@ class OutboundExecutor:
         settling: list[tuple[Lease, Failure]] = []
 
         def build(c: Commit) -> None:
+            settling.clear()  # a build may run again
             for lease in leases:
                 task = read_task(c, lease.task_key)
                 if task is None or task.status not in QUEUED:
