@@ -281,8 +281,13 @@ class SavepointServicer:
                 task_count=o.task_count,
             )
 
+        shards = self.engine.shards
+        items = None
+        if shards.of(request.root_id) != shards.of(request.new_root_id):
+            # Cluster mode: the snapshot lives in another shard than the new tree.
+            items = await self.snapshots.read_items(request.root_id, request.name)
         return await self.engine.commit(
-            lambda c: self.snapshots.fork(c, request.root_id, request.name, request.new_root_id),
+            lambda c: self.snapshots.fork(c, request.root_id, request.name, request.new_root_id, items),
             respond,
             request_id=rid,
             fingerprint=fp,

@@ -15,6 +15,7 @@ changed / deleted, task created) plus one TREE_RESTORED.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from statekeeper_server.core.engine import Commit, Engine
@@ -44,6 +45,30 @@ class RestoreOutcome:
     task_count: int  # pending tasks re-created
 
 
+SnapshotItems = tuple[TreeSnapshotInfo, list[tuple[NodeAddress, NodeRecord]], list[TaskRecord]]
+
+
+def _decode_items(
+    root_id: str, name: str, header: bytes | None, items: Iterable[tuple[bytes, bytes]], n: int
+) -> SnapshotItems:
+    if header is None:
+        raise NotFound(
+            "SNAPSHOT_NOT_FOUND",
+            f"tree {root_id!r} has no snapshot {name!r}",
+            root_id=root_id,
+            name=name,
+        )
+    nodes: list[tuple[NodeAddress, NodeRecord]] = []
+    tasks: list[TaskRecord] = []
+    for k, value in items:
+        kind = k[n : n + 1]
+        if kind == _NODE:
+            nodes.append((keys.node_address(k[n + 1 :]), codec.decode_node(value)))
+        elif kind == _TASK:
+            tasks.append(codec.decode_task(value))
+    return codec.decode_tree_snapshot(header), nodes, tasks
+
+
 def _live(task: TaskRecord, node: NodeRecord | None) -> bool:
     return (
         node is not None
@@ -71,31 +96,32 @@ class TreeSnapshots:
         found = await view.scan(Keyspace.TREE_SNAPSHOTS, prefix, keys.prefix_end(prefix), limit=1_000_000)
         return [codec.decode_tree_snapshot(raw) for _, raw in found]
 
-    def _items(
-        self, c: Commit, root_id: str, name: str
-    ) -> tuple[TreeSnapshotInfo, list[tuple[NodeAddress, NodeRecord]], list[TaskRecord]]:
-        """A snapshot's header, nodes (parents first) and tasks, as durably stored."""
+    def _items(self, c: Commit, root_id: str, name: str) -> SnapshotItems:
+        """A snapshot's header, nodes (parents first) and tasks, as this commit sees them."""
         key = keys.tree_snapshot_key(root_id, name)
-        raw = c.get(Keyspace.TREE_SNAPSHOTS, key)
-        if raw is None:
-            raise NotFound(
-                "SNAPSHOT_NOT_FOUND",
-                f"tree {root_id!r} has no snapshot {name!r}",
-                root_id=root_id,
-                name=name,
-            )
-        info = codec.decode_tree_snapshot(raw)
         prefix = keys.tree_snapshot_items_prefix(root_id, name)
-        n = len(prefix)
-        nodes: list[tuple[NodeAddress, NodeRecord]] = []
-        tasks: list[TaskRecord] = []
-        for k, value in c.scan(Keyspace.TREE_SNAPSHOT_ITEMS, prefix, keys.prefix_end(prefix)):
-            kind = k[n : n + 1]
-            if kind == _NODE:
-                nodes.append((keys.node_address(k[n + 1 :]), codec.decode_node(value)))
-            elif kind == _TASK:
-                tasks.append(codec.decode_task(value))
-        return info, nodes, tasks
+        return _decode_items(
+            root_id,
+            name,
+            c.get(Keyspace.TREE_SNAPSHOTS, key),
+            c.scan(Keyspace.TREE_SNAPSHOT_ITEMS, prefix, keys.prefix_end(prefix)),
+            len(prefix),
+        )
+
+    async def read_items(self, root_id: str, name: str) -> SnapshotItems:
+        """A snapshot as durably stored, read before a commit: how a fork into a tree of
+        another shard (cluster mode) gets it (a snapshot never changes; it is only deleted)."""
+        self._check(root_id, name)
+        view = self.engine.reads.view()
+        prefix = keys.tree_snapshot_items_prefix(root_id, name)
+        header = await view.get(Keyspace.TREE_SNAPSHOTS, keys.tree_snapshot_key(root_id, name))
+        items = await view.scan(
+            Keyspace.TREE_SNAPSHOT_ITEMS,
+            prefix,
+            keys.prefix_end(prefix),
+            limit=4 * self.limits.max_deleted_nodes,
+        )
+        return _decode_items(root_id, name, header, items, len(prefix))
 
     # -- commit bodies -----------------------------------------------------------------------
 
@@ -229,10 +255,13 @@ class TreeSnapshots:
         )
         return RestoreOutcome(NodeSnapshot(root, restored[root]), len(nodes), len(gone), task_count)
 
-    def fork(self, c: Commit, root_id: str, name: str, new_root_id: str) -> RestoreOutcome:
+    def fork(
+        self, c: Commit, root_id: str, name: str, new_root_id: str, items: SnapshotItems | None = None
+    ) -> RestoreOutcome:
+        """items: the snapshot read beforehand (read_items), when it lives in another shard."""
         self._check(root_id, name)
         check_id(new_root_id, "new_root_id", self.limits)
-        info, nodes, tasks = self._items(c, root_id, name)
+        info, nodes, tasks = items if items is not None else self._items(c, root_id, name)
         txn = c.transaction()
         new_root = NodeAddress(new_root_id)
         if txn.get(new_root) is not None:
