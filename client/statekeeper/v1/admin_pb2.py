@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1astatekeeper/v1/admin.proto\x12\x0estatekeeper.v1\"#\n\x13\x43reateBackupRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"p\n\x14\x43reateBackupResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x03\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x16\n\x0e\x63reate_time_ms\x18\x05 \x01(\x03\x32i\n\x0c\x41\x64minService\x12Y\n\x0c\x43reateBackup\x12#.statekeeper.v1.CreateBackupRequest\x1a$.statekeeper.v1.CreateBackupResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1astatekeeper/v1/admin.proto\x12\x0estatekeeper.v1\"#\n\x13\x43reateBackupRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"p\n\x14\x43reateBackupResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x03\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x16\n\x0e\x63reate_time_ms\x18\x05 \x01(\x03\"\x16\n\x14GetServerInfoRequest\"\xa5\x02\n\x15GetServerInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x18\n\x10\x64urable_revision\x18\x03 \x01(\x03\x12\r\n\x05store\x18\x04 \x01(\t\x12\x16\n\x0estore_location\x18\x05 \x01(\t\x12\r\n\x05\x66sync\x18\x06 \x01(\x08\x12\x15\n\rstart_time_ms\x18\x07 \x01(\x03\x12\x16\n\x0eserver_time_ms\x18\x08 \x01(\x03\x12\x1d\n\x15oldest_event_revision\x18\t \x01(\x03\x12\x13\n\x0bshard_count\x18\n \x01(\x05\x12\x36\n\x0f\x63luster_members\x18\x0b \x03(\x0b\x32\x1d.statekeeper.v1.ClusterMember\"W\n\rClusterMember\x12\x11\n\tserver_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04self\x18\x03 \x01(\x08\x12\x14\n\x0cowned_shards\x18\x04 \x03(\x05\x32\xc7\x01\n\x0c\x41\x64minService\x12Y\n\x0c\x43reateBackup\x12#.statekeeper.v1.CreateBackupRequest\x1a$.statekeeper.v1.CreateBackupResponse\x12\\\n\rGetServerInfo\x12$.statekeeper.v1.GetServerInfoRequest\x1a%.statekeeper.v1.GetServerInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEBACKUPREQUEST']._serialized_end=81
   _globals['_CREATEBACKUPRESPONSE']._serialized_start=83
   _globals['_CREATEBACKUPRESPONSE']._serialized_end=195
-  _globals['_ADMINSERVICE']._serialized_start=197
-  _globals['_ADMINSERVICE']._serialized_end=302
+  _globals['_GETSERVERINFOREQUEST']._serialized_start=197
+  _globals['_GETSERVERINFOREQUEST']._serialized_end=219
+  _globals['_GETSERVERINFORESPONSE']._serialized_start=222
+  _globals['_GETSERVERINFORESPONSE']._serialized_end=515
+  _globals['_CLUSTERMEMBER']._serialized_start=517
+  _globals['_CLUSTERMEMBER']._serialized_end=604
+  _globals['_ADMINSERVICE']._serialized_start=607
+  _globals['_ADMINSERVICE']._serialized_end=806
 # @@protoc_insertion_point(module_scope)

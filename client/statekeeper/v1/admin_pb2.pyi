@@ -3,8 +3,10 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -77,3 +79,120 @@ class CreateBackupResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateBackupResponse: _TypeAlias = CreateBackupResponse  # noqa: Y015
+
+@_typing.final
+class GetServerInfoRequest(_message.Message):
+    """GetServerInfoRequest asks for the server's facts; it has no fields."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServerInfoRequest: _TypeAlias = GetServerInfoRequest  # noqa: Y015
+
+@_typing.final
+class GetServerInfoResponse(_message.Message):
+    """GetServerInfoResponse holds the facts of the server that answered."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    DURABLE_REVISION_FIELD_NUMBER: _builtins.int
+    STORE_FIELD_NUMBER: _builtins.int
+    STORE_LOCATION_FIELD_NUMBER: _builtins.int
+    FSYNC_FIELD_NUMBER: _builtins.int
+    START_TIME_MS_FIELD_NUMBER: _builtins.int
+    SERVER_TIME_MS_FIELD_NUMBER: _builtins.int
+    OLDEST_EVENT_REVISION_FIELD_NUMBER: _builtins.int
+    SHARD_COUNT_FIELD_NUMBER: _builtins.int
+    CLUSTER_MEMBERS_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """Version of the statekeeper server."""
+    revision: _builtins.int
+    """Newest revision the server has assigned to a commit; it may not be durable yet."""
+    durable_revision: _builtins.int
+    """Newest durable revision: every commit up to it is on disk, and reads see exactly these."""
+    store: _builtins.str
+    """Kind of store: "rocksdb" for the embedded store."""
+    store_location: _builtins.str
+    """Where the store lives, as the server sees it: the data folder of the embedded store."""
+    fsync: _builtins.bool
+    """Whether every commit group is fsynced before it is answered (--fsync)."""
+    start_time_ms: _builtins.int
+    """When the server started (epoch milliseconds, server clock)."""
+    server_time_ms: _builtins.int
+    """The server's clock now (epoch milliseconds)."""
+    oldest_event_revision: _builtins.int
+    """Oldest revision whose events are still retained (older ones were compacted)."""
+    shard_count: _builtins.int
+    """Number of logical shards in cluster mode; 0 on the embedded store (one server, no shards)."""
+    @_builtins.property
+    def cluster_members(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClusterMember]:
+        """The servers of the cluster and the shards each owns; empty on the embedded store."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        revision: _builtins.int = ...,
+        durable_revision: _builtins.int = ...,
+        store: _builtins.str = ...,
+        store_location: _builtins.str = ...,
+        fsync: _builtins.bool = ...,
+        start_time_ms: _builtins.int = ...,
+        server_time_ms: _builtins.int = ...,
+        oldest_event_revision: _builtins.int = ...,
+        shard_count: _builtins.int = ...,
+        cluster_members: _abc.Iterable[Global___ClusterMember] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_members", b"cluster_members", "durable_revision", b"durable_revision", "fsync", b"fsync", "oldest_event_revision", b"oldest_event_revision", "revision", b"revision", "server_time_ms", b"server_time_ms", "shard_count", b"shard_count", "start_time_ms", b"start_time_ms", "store", b"store", "store_location", b"store_location", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetServerInfoResponse: _TypeAlias = GetServerInfoResponse  # noqa: Y015
+
+@_typing.final
+class ClusterMember(_message.Message):
+    """ClusterMember is one server of a cluster."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVER_ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    SELF_FIELD_NUMBER: _builtins.int
+    OWNED_SHARDS_FIELD_NUMBER: _builtins.int
+    server_id: _builtins.str
+    """Id of the server, unique in the cluster."""
+    address: _builtins.str
+    """The gRPC address it advertises to the others (for forwarding)."""
+    self: _builtins.bool
+    """True for the server that answered this call."""
+    @_builtins.property
+    def owned_shards(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The shards it owns now."""
+
+    def __init__(
+        self_,  # pyright: ignore[reportSelfClsParameterName]
+        *,
+        server_id: _builtins.str = ...,
+        address: _builtins.str = ...,
+        self: _builtins.bool = ...,
+        owned_shards: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "owned_shards", b"owned_shards", "self", b"self", "server_id", b"server_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClusterMember: _TypeAlias = ClusterMember  # noqa: Y015

@@ -40,6 +40,11 @@ class AdminServiceStub(object):
                 request_serializer=statekeeper_dot_v1_dot_admin__pb2.CreateBackupRequest.SerializeToString,
                 response_deserializer=statekeeper_dot_v1_dot_admin__pb2.CreateBackupResponse.FromString,
                 _registered_method=True)
+        self.GetServerInfo = channel.unary_unary(
+                '/statekeeper.v1.AdminService/GetServerInfo',
+                request_serializer=statekeeper_dot_v1_dot_admin__pb2.GetServerInfoRequest.SerializeToString,
+                response_deserializer=statekeeper_dot_v1_dot_admin__pb2.GetServerInfoResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer(object):
@@ -55,6 +60,14 @@ class AdminServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetServerInfo(self, request, context):
+        """GetServerInfo returns facts about the server: its version, revisions, store, uptime and,
+        in cluster mode, the servers and which one owns each shard. A read token may call it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -62,6 +75,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.CreateBackup,
                     request_deserializer=statekeeper_dot_v1_dot_admin__pb2.CreateBackupRequest.FromString,
                     response_serializer=statekeeper_dot_v1_dot_admin__pb2.CreateBackupResponse.SerializeToString,
+            ),
+            'GetServerInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServerInfo,
+                    request_deserializer=statekeeper_dot_v1_dot_admin__pb2.GetServerInfoRequest.FromString,
+                    response_serializer=statekeeper_dot_v1_dot_admin__pb2.GetServerInfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -92,6 +110,33 @@ class AdminService(object):
             '/statekeeper.v1.AdminService/CreateBackup',
             statekeeper_dot_v1_dot_admin__pb2.CreateBackupRequest.SerializeToString,
             statekeeper_dot_v1_dot_admin__pb2.CreateBackupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServerInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/statekeeper.v1.AdminService/GetServerInfo',
+            statekeeper_dot_v1_dot_admin__pb2.GetServerInfoRequest.SerializeToString,
+            statekeeper_dot_v1_dot_admin__pb2.GetServerInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,10 @@ class AdminServiceStub:
     into a new folder under the server's backup folder (--backup-dir). To restore, copy the
     folder and start a server with --data-dir pointing at the copy.
     """
+    GetServerInfo: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetServerInfoRequest, _admin_pb2.GetServerInfoResponse]
+    """GetServerInfo returns facts about the server: its version, revisions, store, uptime and,
+    in cluster mode, the servers and which one owns each shard. A read token may call it.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -48,6 +52,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """CreateBackup writes an online, consistent copy of the whole store (a RocksDB checkpoint)
     into a new folder under the server's backup folder (--backup-dir). To restore, copy the
     folder and start a server with --data-dir pointing at the copy.
+    """
+    GetServerInfo: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetServerInfoRequest, _admin_pb2.GetServerInfoResponse]  # type: ignore[assignment]
+    """GetServerInfo returns facts about the server: its version, revisions, store, uptime and,
+    in cluster mode, the servers and which one owns each shard. A read token may call it.
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -62,6 +70,16 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """CreateBackup writes an online, consistent copy of the whole store (a RocksDB checkpoint)
         into a new folder under the server's backup folder (--backup-dir). To restore, copy the
         folder and start a server with --data-dir pointing at the copy.
+        """
+
+    @_abc_1.abstractmethod
+    def GetServerInfo(
+        self,
+        request: _admin_pb2.GetServerInfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetServerInfoResponse, _abc.Awaitable[_admin_pb2.GetServerInfoResponse]]:
+        """GetServerInfo returns facts about the server: its version, revisions, store, uptime and,
+        in cluster mode, the servers and which one owns each shard. A read token may call it.
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

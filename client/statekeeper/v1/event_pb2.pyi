@@ -736,3 +736,85 @@ class AckResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AckResponse: _TypeAlias = AckResponse  # noqa: Y015
+
+@_typing.final
+class ListEventsRequest(_message.Message):
+    """ListEventsRequest selects events of the log, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: _builtins.int
+    EXCLUDE_DESCENDANTS_FIELD_NUMBER: _builtins.int
+    BEFORE_REVISION_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    SCAN_LIMIT_FIELD_NUMBER: _builtins.int
+    exclude_descendants: _builtins.bool
+    """With filter.root_id: only the events of the node itself, not of its descendants."""
+    before_revision: _builtins.int
+    """Newest revision to list; 0 means the durable revision. Ignored with a page_token."""
+    page_size: _builtins.int
+    """Maximum number of events to return; 0 means the server default (100), capped at 1000."""
+    page_token: _builtins.str
+    """Token from a previous response with the same filter; empty for the first page."""
+    scan_limit: _builtins.int
+    """Most events the call examines (matching or not); 0 means the server default (50000),
+    capped at 1000000.
+    """
+    @_builtins.property
+    def filter(self) -> Global___EventFilter:
+        """Which events; the same filter as Watch. With root_id (and path_prefix) it selects the
+        events of that node and of its descendants.
+        """
+
+    def __init__(
+        self,
+        *,
+        filter: Global___EventFilter | None = ...,
+        exclude_descendants: _builtins.bool = ...,
+        before_revision: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        scan_limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["before_revision", b"before_revision", "exclude_descendants", b"exclude_descendants", "filter", b"filter", "page_size", b"page_size", "page_token", b"page_token", "scan_limit", b"scan_limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEventsRequest: _TypeAlias = ListEventsRequest  # noqa: Y015
+
+@_typing.final
+class ListEventsResponse(_message.Message):
+    """ListEventsResponse is one page of events, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    SCANNED_REVISION_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token to continue with older events; empty once the oldest retained event was examined."""
+    scanned_revision: _builtins.int
+    """Every retained event from this revision up to the page's start was examined; 0 when the
+    page reached the oldest retained event.
+    """
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:
+        """The matching events of this page, newest first."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___Event] | None = ...,
+        next_page_token: _builtins.str = ...,
+        scanned_revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "next_page_token", b"next_page_token", "scanned_revision", b"scanned_revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEventsResponse: _TypeAlias = ListEventsResponse  # noqa: Y015

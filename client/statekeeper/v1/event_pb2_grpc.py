@@ -72,6 +72,11 @@ class EventServiceStub(object):
                 request_serializer=statekeeper_dot_v1_dot_event__pb2.AckRequest.SerializeToString,
                 response_deserializer=statekeeper_dot_v1_dot_event__pb2.AckResponse.FromString,
                 _registered_method=True)
+        self.ListEvents = channel.unary_unary(
+                '/statekeeper.v1.EventService/ListEvents',
+                request_serializer=statekeeper_dot_v1_dot_event__pb2.ListEventsRequest.SerializeToString,
+                response_deserializer=statekeeper_dot_v1_dot_event__pb2.ListEventsResponse.FromString,
+                _registered_method=True)
 
 
 class EventServiceServicer(object):
@@ -133,6 +138,16 @@ class EventServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListEvents(self, request, context):
+        """ListEvents pages through the retained event log newest first: a node's history, a
+        subtree's, or any filter's. The event log has no index by node, so each call examines a
+        bounded number of events (scan_limit) and may return fewer than page_size, even none, with
+        a next_page_token to continue further back; scanned_revision says how far it looked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EventServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -170,6 +185,11 @@ def add_EventServiceServicer_to_server(servicer, server):
                     servicer.Ack,
                     request_deserializer=statekeeper_dot_v1_dot_event__pb2.AckRequest.FromString,
                     response_serializer=statekeeper_dot_v1_dot_event__pb2.AckResponse.SerializeToString,
+            ),
+            'ListEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvents,
+                    request_deserializer=statekeeper_dot_v1_dot_event__pb2.ListEventsRequest.FromString,
+                    response_serializer=statekeeper_dot_v1_dot_event__pb2.ListEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -364,6 +384,33 @@ class EventService(object):
             '/statekeeper.v1.EventService/Ack',
             statekeeper_dot_v1_dot_event__pb2.AckRequest.SerializeToString,
             statekeeper_dot_v1_dot_event__pb2.AckResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/statekeeper.v1.EventService/ListEvents',
+            statekeeper_dot_v1_dot_event__pb2.ListEventsRequest.SerializeToString,
+            statekeeper_dot_v1_dot_event__pb2.ListEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,12 @@ class EventServiceStub:
     """Ack acknowledges events of a consumer: by id, or everything up to a revision. Acking twice,
     or an id that was never delivered, is harmless.
     """
+    ListEvents: _grpc.UnaryUnaryMultiCallable[_event_pb2.ListEventsRequest, _event_pb2.ListEventsResponse]
+    """ListEvents pages through the retained event log newest first: a node's history, a
+    subtree's, or any filter's. The event log has no index by node, so each call examines a
+    bounded number of events (scan_limit) and may return fewer than page_size, even none, with
+    a next_page_token to continue further back; scanned_revision says how far it looked.
+    """
 
 @_typing.type_check_only
 class EventServiceAsyncStub(EventServiceStub):
@@ -86,6 +92,12 @@ class EventServiceAsyncStub(EventServiceStub):
     Ack: _aio.UnaryUnaryMultiCallable[_event_pb2.AckRequest, _event_pb2.AckResponse]  # type: ignore[assignment]
     """Ack acknowledges events of a consumer: by id, or everything up to a revision. Acking twice,
     or an id that was never delivered, is harmless.
+    """
+    ListEvents: _aio.UnaryUnaryMultiCallable[_event_pb2.ListEventsRequest, _event_pb2.ListEventsResponse]  # type: ignore[assignment]
+    """ListEvents pages through the retained event log newest first: a node's history, a
+    subtree's, or any filter's. The event log has no index by node, so each call examines a
+    bounded number of events (scan_limit) and may return fewer than page_size, even none, with
+    a next_page_token to continue further back; scanned_revision says how far it looked.
     """
 
 class EventServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -155,6 +167,18 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_event_pb2.AckResponse, _abc.Awaitable[_event_pb2.AckResponse]]:
         """Ack acknowledges events of a consumer: by id, or everything up to a revision. Acking twice,
         or an id that was never delivered, is harmless.
+        """
+
+    @_abc_1.abstractmethod
+    def ListEvents(
+        self,
+        request: _event_pb2.ListEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_event_pb2.ListEventsResponse, _abc.Awaitable[_event_pb2.ListEventsResponse]]:
+        """ListEvents pages through the retained event log newest first: a node's history, a
+        subtree's, or any filter's. The event log has no index by node, so each call examines a
+        bounded number of events (scan_limit) and may return fewer than page_size, even none, with
+        a next_page_token to continue further back; scanned_revision says how far it looked.
         """
 
 def add_EventServiceServicer_to_server(servicer: EventServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -113,6 +113,11 @@ class SavepointServiceStub(object):
                 request_serializer=statekeeper_dot_v1_dot_savepoint__pb2.DeleteTreeSnapshotRequest.SerializeToString,
                 response_deserializer=statekeeper_dot_v1_dot_savepoint__pb2.DeleteTreeSnapshotResponse.FromString,
                 _registered_method=True)
+        self.ListRuns = channel.unary_unary(
+                '/statekeeper.v1.SavepointService/ListRuns',
+                request_serializer=statekeeper_dot_v1_dot_savepoint__pb2.ListRunsRequest.SerializeToString,
+                response_deserializer=statekeeper_dot_v1_dot_savepoint__pb2.ListRunsResponse.FromString,
+                _registered_method=True)
 
 
 class SavepointServiceServicer(object):
@@ -236,6 +241,13 @@ class SavepointServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRuns(self, request, context):
+        """ListRuns lists runs by id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SavepointServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -308,6 +320,11 @@ def add_SavepointServiceServicer_to_server(servicer, server):
                     servicer.DeleteTreeSnapshot,
                     request_deserializer=statekeeper_dot_v1_dot_savepoint__pb2.DeleteTreeSnapshotRequest.FromString,
                     response_serializer=statekeeper_dot_v1_dot_savepoint__pb2.DeleteTreeSnapshotResponse.SerializeToString,
+            ),
+            'ListRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRuns,
+                    request_deserializer=statekeeper_dot_v1_dot_savepoint__pb2.ListRunsRequest.FromString,
+                    response_serializer=statekeeper_dot_v1_dot_savepoint__pb2.ListRunsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -697,6 +714,33 @@ class SavepointService(object):
             '/statekeeper.v1.SavepointService/DeleteTreeSnapshot',
             statekeeper_dot_v1_dot_savepoint__pb2.DeleteTreeSnapshotRequest.SerializeToString,
             statekeeper_dot_v1_dot_savepoint__pb2.DeleteTreeSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/statekeeper.v1.SavepointService/ListRuns',
+            statekeeper_dot_v1_dot_savepoint__pb2.ListRunsRequest.SerializeToString,
+            statekeeper_dot_v1_dot_savepoint__pb2.ListRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -88,6 +88,8 @@ class SavepointServiceStub:
     """ForkTreeSnapshot creates a new tree from a snapshot under a new root id."""
     DeleteTreeSnapshot: _grpc.UnaryUnaryMultiCallable[_savepoint_pb2.DeleteTreeSnapshotRequest, _savepoint_pb2.DeleteTreeSnapshotResponse]
     """DeleteTreeSnapshot deletes a snapshot."""
+    ListRuns: _grpc.UnaryUnaryMultiCallable[_savepoint_pb2.ListRunsRequest, _savepoint_pb2.ListRunsResponse]
+    """ListRuns lists runs by id."""
 
 @_typing.type_check_only
 class SavepointServiceAsyncStub(SavepointServiceStub):
@@ -149,6 +151,8 @@ class SavepointServiceAsyncStub(SavepointServiceStub):
     """ForkTreeSnapshot creates a new tree from a snapshot under a new root id."""
     DeleteTreeSnapshot: _aio.UnaryUnaryMultiCallable[_savepoint_pb2.DeleteTreeSnapshotRequest, _savepoint_pb2.DeleteTreeSnapshotResponse]  # type: ignore[assignment]
     """DeleteTreeSnapshot deletes a snapshot."""
+    ListRuns: _aio.UnaryUnaryMultiCallable[_savepoint_pb2.ListRunsRequest, _savepoint_pb2.ListRunsResponse]  # type: ignore[assignment]
+    """ListRuns lists runs by id."""
 
 class SavepointServiceServicer(metaclass=_abc_1.ABCMeta):
     """SavepointService keeps runs and their savepoints (Runbox's StateStore semantics), and named
@@ -291,5 +295,13 @@ class SavepointServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_savepoint_pb2.DeleteTreeSnapshotResponse, _abc.Awaitable[_savepoint_pb2.DeleteTreeSnapshotResponse]]:
         """DeleteTreeSnapshot deletes a snapshot."""
+
+    @_abc_1.abstractmethod
+    def ListRuns(
+        self,
+        request: _savepoint_pb2.ListRunsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_savepoint_pb2.ListRunsResponse, _abc.Awaitable[_savepoint_pb2.ListRunsResponse]]:
+        """ListRuns lists runs by id."""
 
 def add_SavepointServiceServicer_to_server(servicer: SavepointServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

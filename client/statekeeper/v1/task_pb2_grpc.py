@@ -86,6 +86,11 @@ class TaskServiceStub(object):
                 request_serializer=statekeeper_dot_v1_dot_task__pb2.DiscardDeadLetterRequest.SerializeToString,
                 response_deserializer=statekeeper_dot_v1_dot_task__pb2.DiscardDeadLetterResponse.FromString,
                 _registered_method=True)
+        self.ListTimers = channel.unary_unary(
+                '/statekeeper.v1.TaskService/ListTimers',
+                request_serializer=statekeeper_dot_v1_dot_task__pb2.ListTimersRequest.SerializeToString,
+                response_deserializer=statekeeper_dot_v1_dot_task__pb2.ListTimersResponse.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer(object):
@@ -172,6 +177,13 @@ class TaskServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTimers(self, request, context):
+        """ListTimers lists the pending timers of the whole store, soonest deadline first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -224,6 +236,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.DiscardDeadLetter,
                     request_deserializer=statekeeper_dot_v1_dot_task__pb2.DiscardDeadLetterRequest.FromString,
                     response_serializer=statekeeper_dot_v1_dot_task__pb2.DiscardDeadLetterResponse.SerializeToString,
+            ),
+            'ListTimers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTimers,
+                    request_deserializer=statekeeper_dot_v1_dot_task__pb2.ListTimersRequest.FromString,
+                    response_serializer=statekeeper_dot_v1_dot_task__pb2.ListTimersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -498,6 +515,33 @@ class TaskService(object):
             '/statekeeper.v1.TaskService/DiscardDeadLetter',
             statekeeper_dot_v1_dot_task__pb2.DiscardDeadLetterRequest.SerializeToString,
             statekeeper_dot_v1_dot_task__pb2.DiscardDeadLetterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTimers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/statekeeper.v1.TaskService/ListTimers',
+            statekeeper_dot_v1_dot_task__pb2.ListTimersRequest.SerializeToString,
+            statekeeper_dot_v1_dot_task__pb2.ListTimersResponse.FromString,
             options,
             channel_credentials,
             insecure,

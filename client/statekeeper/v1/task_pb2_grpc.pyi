@@ -70,6 +70,8 @@ class TaskServiceStub:
     """RetryDeadLetter puts a dead-lettered task back to pending with its attempts reset."""
     DiscardDeadLetter: _grpc.UnaryUnaryMultiCallable[_task_pb2.DiscardDeadLetterRequest, _task_pb2.DiscardDeadLetterResponse]
     """DiscardDeadLetter drops a dead-lettered task for good (status DISCARDED)."""
+    ListTimers: _grpc.UnaryUnaryMultiCallable[_task_pb2.ListTimersRequest, _task_pb2.ListTimersResponse]
+    """ListTimers lists the pending timers of the whole store, soonest deadline first."""
 
 @_typing.type_check_only
 class TaskServiceAsyncStub(TaskServiceStub):
@@ -113,6 +115,8 @@ class TaskServiceAsyncStub(TaskServiceStub):
     """RetryDeadLetter puts a dead-lettered task back to pending with its attempts reset."""
     DiscardDeadLetter: _aio.UnaryUnaryMultiCallable[_task_pb2.DiscardDeadLetterRequest, _task_pb2.DiscardDeadLetterResponse]  # type: ignore[assignment]
     """DiscardDeadLetter drops a dead-lettered task for good (status DISCARDED)."""
+    ListTimers: _aio.UnaryUnaryMultiCallable[_task_pb2.ListTimersRequest, _task_pb2.ListTimersResponse]  # type: ignore[assignment]
+    """ListTimers lists the pending timers of the whole store, soonest deadline first."""
 
 class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
     """TaskService inspects tasks, leases outbound tasks to workers and takes their outcomes, and
@@ -213,5 +217,13 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_task_pb2.DiscardDeadLetterResponse, _abc.Awaitable[_task_pb2.DiscardDeadLetterResponse]]:
         """DiscardDeadLetter drops a dead-lettered task for good (status DISCARDED)."""
+
+    @_abc_1.abstractmethod
+    def ListTimers(
+        self,
+        request: _task_pb2.ListTimersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_pb2.ListTimersResponse, _abc.Awaitable[_task_pb2.ListTimersResponse]]:
+        """ListTimers lists the pending timers of the whole store, soonest deadline first."""
 
 def add_TaskServiceServicer_to_server(servicer: TaskServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

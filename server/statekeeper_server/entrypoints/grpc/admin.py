@@ -1,4 +1,4 @@
-"""AdminService: online backups of the whole store.
+"""AdminService: online backups of the whole store, and the server's facts (GetServerInfo).
 
 A backup is a RocksDB checkpoint: a consistent copy of every column family (files hard-linked
 where the file system allows). It is taken on the event loop, where every store write happens,
@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from statekeeper.v1 import admin_pb2 as pb
+from statekeeper_server import __version__
 from statekeeper_server.core.engine import Engine, now_ms
 from statekeeper_server.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
 from statekeeper_server.storage.base import BackupNotSupported
@@ -25,10 +28,57 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 _MAX_NAME = 128
 
 
+@dataclass(frozen=True, slots=True)
+class ClusterMember:
+    server_id: str
+    address: str
+    is_self: bool
+    owned_shards: tuple[int, ...] = ()
+
+
+@dataclass
+class ServerFacts:
+    """What GetServerInfo reports beside the engine's revisions (the composition root fills it)."""
+
+    store: str = "rocksdb"
+    store_location: str = ""
+    fsync: bool = True
+    start_time_ms: int = field(default_factory=now_ms)
+    oldest_event_revision: Callable[[], int] = lambda: 1
+    # Cluster mode: the shard count and the servers with their shards. The embedded store has
+    # one server and no shards, so 0 and an empty list.
+    shard_count: Callable[[], int] = lambda: 0
+    cluster_members: Callable[[], list[ClusterMember]] = list
+
+
 class AdminServicer:
-    def __init__(self, engine: Engine, backup_dir: str) -> None:
+    def __init__(self, engine: Engine, backup_dir: str, facts: ServerFacts | None = None) -> None:
         self.engine = engine
         self.backup_dir = backup_dir
+        self.facts = facts or ServerFacts()
+
+    async def GetServerInfo(
+        self, request: pb.GetServerInfoRequest, context: Context
+    ) -> pb.GetServerInfoResponse:
+        f, engine = self.facts, self.engine
+        return pb.GetServerInfoResponse(
+            version=__version__,
+            revision=engine.next_revision - 1,
+            durable_revision=engine.durable_revision,
+            store=f.store,
+            store_location=f.store_location,
+            fsync=f.fsync,
+            start_time_ms=f.start_time_ms,
+            server_time_ms=now_ms(),
+            oldest_event_revision=f.oldest_event_revision(),
+            shard_count=f.shard_count(),
+            cluster_members=[
+                pb.ClusterMember(
+                    server_id=m.server_id, address=m.address, self=m.is_self, owned_shards=m.owned_shards
+                )
+                for m in f.cluster_members()
+            ],
+        )
 
     async def CreateBackup(
         self, request: pb.CreateBackupRequest, context: Context

@@ -72,6 +72,9 @@ OVERRIDES: dict[str, Permission] = {
     # Acknowledging events is part of consuming the stream (with Subscribe); it moves only the
     # consumer's own position and changes no machine state.
     "/statekeeper.v1.EventService/Ack": Permission.READ,
+    # The server's facts (revisions, version, uptime, cluster members) reveal nothing a reader
+    # cannot see otherwise; the rest of AdminService stays admin-only.
+    "/statekeeper.v1.AdminService/GetServerInfo": Permission.READ,
 }
 
 ADMIN_SERVICE_WORDS = ("Admin", "Backup")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,9 +13,10 @@ from statekeeper.v1 import event_pb2 as pb
 from statekeeper_server.core.engine import Engine
 from statekeeper_server.domain.errors import InvalidArgument, OutOfRange
 from statekeeper_server.domain.events import EventFilter
-from statekeeper_server.domain.model import Event, EventKind
+from statekeeper_server.domain.model import Event, EventKind, NodeAddress
 from statekeeper_server.domain.validation import check_address, check_name, check_page_size
 from statekeeper_server.entrypoints.grpc import convert
+from statekeeper_server.features import listings
 from statekeeper_server.features.events.consumers import ConsumerManager, ConsumerState
 from statekeeper_server.features.events.hub import EventHub
 
@@ -24,6 +27,9 @@ DEFAULT_PROGRESS_MS = 1000
 DEFAULT_ACK_WAIT_MS = 30_000
 DEFAULT_MAX_UNACKED = 1000
 HEARTBEAT_S = 1.0
+DEFAULT_SCAN_LIMIT = 50_000
+MAX_SCAN_LIMIT = 1_000_000
+_EVENTS_TOKEN = struct.Struct(">QI8s")  # continue before (revision, index); the listing's digest
 
 
 def event_pb(e: Event) -> pb.Event:
@@ -268,3 +274,38 @@ class EventServicer:
         positions = [(e.revision, e.index) for e in request.event_ids]
         acked = await self.consumers.ack(request.consumer, positions, request.up_to_revision)
         return pb.AckResponse(acked_revision=max(acked, 0))
+
+    async def ListEvents(self, request: pb.ListEventsRequest, context: Context) -> pb.ListEventsResponse:
+        flt = event_filter(request.filter, self.engine)
+        if request.exclude_descendants and not flt.root_id:
+            raise InvalidArgument(
+                "FIELD_REQUIRED", "exclude_descendants needs filter.root_id", field="filter.root_id"
+            )
+        if request.before_revision < 0 or request.scan_limit < 0:
+            raise InvalidArgument("FIELD_INVALID", "before_revision and scan_limit must not be negative")
+        limit = check_page_size(request.page_size, self.engine.limits)
+        scan_limit = min(request.scan_limit or DEFAULT_SCAN_LIMIT, MAX_SCAN_LIMIT)
+        # A token carries a digest of the listing it belongs to, so it cannot continue another.
+        digest = hashlib.sha256(
+            request.filter.SerializeToString(deterministic=True) + bytes([request.exclude_descendants])
+        ).digest()[:8]
+        top = (self.hub.durable_revision + 1, 0)
+        token = convert.decode_token(request.page_token)
+        if token is not None:
+            if len(token) != _EVENTS_TOKEN.size or token[12:] != digest:
+                raise InvalidArgument(
+                    "INVALID_PAGE_TOKEN", "page_token belongs to another listing", field="page_token"
+                )
+            revision, index, _ = _EVENTS_TOKEN.unpack(token)
+            before = min((revision, index), top)
+        elif request.before_revision:
+            before = min((request.before_revision + 1, 0), top)
+        else:
+            before = top
+        node = NodeAddress(flt.root_id, flt.path_prefix) if request.exclude_descendants else None
+        events, more, oldest = listings.events_before(self.engine.store, flt, node, before, limit, scan_limit)
+        return pb.ListEventsResponse(
+            events=[event_pb(e) for e in events],
+            next_page_token=convert.encode_token(_EVENTS_TOKEN.pack(*more, digest)) if more else "",
+            scanned_revision=oldest,
+        )

@@ -10,10 +10,12 @@ from google.protobuf.message import Message
 
 from statekeeper.v1 import savepoint_pb2 as pb
 from statekeeper_server.core.engine import Engine, ResponseCodec
+from statekeeper_server.domain.errors import InvalidArgument
 from statekeeper_server.domain.savepoints import RunHeader, SavepointInfo, TreeSnapshotInfo
-from statekeeper_server.domain.validation import check_request_id
+from statekeeper_server.domain.validation import check_page_size, check_request_id
 from statekeeper_server.entrypoints.grpc import convert
 from statekeeper_server.entrypoints.grpc.nodes import fingerprint
+from statekeeper_server.features import listings
 from statekeeper_server.features.savepoints.runs import EntitySave, Runs, RunSpec, SaveOutcome, SaveResult
 from statekeeper_server.features.savepoints.tree_snapshots import RestoreOutcome, TreeSnapshots
 
@@ -129,6 +131,21 @@ class SavepointServicer:
 
     async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
         return pb.GetRunResponse(run=self._run(await self.runs.get_run(request.run_id)))
+
+    async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
+        limit = check_page_size(request.page_size, self.engine.limits)
+        token = convert.decode_token(request.page_token)
+        try:
+            after = token.decode() if token is not None else None
+        except UnicodeDecodeError:
+            raise InvalidArgument(
+                "INVALID_PAGE_TOKEN", "page_token is not a token this server issued", field="page_token"
+            ) from None
+        headers, more = listings.runs(self.engine.store, after, limit)
+        return pb.ListRunsResponse(
+            runs=[self._run(h) for h in headers],
+            next_page_token=convert.encode_token(more.encode()) if more is not None else "",
+        )
 
     async def DeleteRun(self, request: pb.DeleteRunRequest, context: Context) -> pb.DeleteRunResponse:
         rid, fp, codec = self._idempotency("DeleteRun", request, pb.DeleteRunResponse)

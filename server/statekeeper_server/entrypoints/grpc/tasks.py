@@ -23,6 +23,7 @@ from statekeeper_server.entrypoints.grpc import convert, fanout
 from statekeeper_server.entrypoints.grpc.forwarding import Forwarder
 from statekeeper_server.entrypoints.grpc.handler import ClusterRouting
 from statekeeper_server.entrypoints.grpc.nodes import fingerprint
+from statekeeper_server.features import listings
 from statekeeper_server.features.tasks.executors import TaskExecutors, TaskView
 from statekeeper_server.features.tasks.outbound import Completion, Failure, LeasedTask
 
@@ -145,6 +146,14 @@ class TaskServicer:
         )
         return pb.ListDeadLettersResponse(
             tasks=[_task(v) for v in views], next_page_token=convert.encode_token(more) if more else ""
+        )
+
+    async def ListTimers(self, request: pb.ListTimersRequest, context: Context) -> pb.ListTimersResponse:
+        limit = check_page_size(request.page_size, self.limits)
+        timers, more = listings.timers(self.engine.store, convert.decode_token(request.page_token), limit)
+        return pb.ListTimersResponse(
+            tasks=[convert.task(t) for t in timers],
+            next_page_token=convert.encode_token(more) if more else "",
         )
 
     # -- workers -------------------------------------------------------------------------------
