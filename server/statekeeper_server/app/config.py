@@ -62,6 +62,7 @@ class Config:
     tokens_file: str = ""
     tokens: str = ""
     metrics_listen: str = ""
+    http_listen: str = ""
     event_retention_revisions: int = 1_000_000
     event_retention_age_s: float = 0.0
     event_retention_max_revisions: int = 0
@@ -106,6 +107,7 @@ _HELP = {
     "tokens_file": "bearer tokens with permissions, JSON or 'TOKEN read|write|admin [NAME]' lines; no tokens: auth off",
     "tokens": "bearer tokens inline, 'TOKEN PERMISSION[,PERMISSION] [NAME]' separated by ';' (prefer the env var)",
     "metrics_listen": "serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one); empty: off",
+    "http_listen": "serve the web inspector at http(s)://HOST:PORT/ and metrics at /metrics (port 0 picks one; HTTPS with the TLS flags); empty: off",
     "task_max_attempts": "attempts of an outbound task (failures and expired leases) before it is dead-lettered",
     "task_backoff_base_s": "delay before an outbound task's first retry; doubles per attempt, with jitter",
     "task_backoff_max_s": "longest delay between two attempts of an outbound task",

@@ -6,6 +6,9 @@ import asyncio
 import json
 import logging
 import os
+import secrets
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -21,8 +24,8 @@ from statekeeper_server.cluster.events import EventTail
 from statekeeper_server.cluster.membership import Membership
 from statekeeper_server.core.engine import Engine
 from statekeeper_server.core.shards import ShardMap
-from statekeeper_server.entrypoints.grpc.admin import AdminServicer
-from statekeeper_server.entrypoints.grpc.auth import AuthInterceptor
+from statekeeper_server.entrypoints.grpc.admin import AdminServicer, ServerFacts
+from statekeeper_server.entrypoints.grpc.auth import AuthInterceptor, Permission
 from statekeeper_server.entrypoints.grpc.events import EventServicer
 from statekeeper_server.entrypoints.grpc.forwarding import Forwarder
 from statekeeper_server.entrypoints.grpc.handler import (
@@ -37,6 +40,7 @@ from statekeeper_server.entrypoints.grpc.nodes import NodeServicer
 from statekeeper_server.entrypoints.grpc.routing import Router
 from statekeeper_server.entrypoints.grpc.savepoints import SavepointServicer
 from statekeeper_server.entrypoints.grpc.tasks import TaskServicer
+from statekeeper_server.entrypoints.http import Inspector, InspectorSettings
 from statekeeper_server.features.events.consumers import ConsumerManager
 from statekeeper_server.features.events.hub import EventHub
 from statekeeper_server.features.events.retention import EventCompactor, RetentionPolicy
@@ -77,6 +81,8 @@ class StatekeeperServer:
         self.tokens = security.load_tokens(config)
         self.credentials = security.server_credentials(config)
         self.metrics_http: metrics.MetricsHTTP | None = None
+        self.inspector: Inspector | None = None
+        self._inspector_dir = ""
         self.store: Store = store if store is not None else RocksStore(config.data_dir)
         self.cluster: PgStore | None = self.store if isinstance(self.store, PgStore) else None
         self.shards = ShardMap(self.cluster.shard_count if self.cluster is not None else 1)
@@ -137,7 +143,14 @@ class StatekeeperServer:
                 self.engine, Runs(self.engine, config.savepoint_keep), TreeSnapshots(self.engine)
             ),
             admin_pb2.DESCRIPTOR.services_by_name["AdminService"]: AdminServicer(
-                self.engine, config.backup_dir
+                self.engine,
+                config.backup_dir,
+                ServerFacts(
+                    store="rocksdb",
+                    store_location=os.path.abspath(config.data_dir),
+                    fsync=config.fsync,
+                    oldest_event_revision=lambda: self.events.oldest_revision,
+                ),
             ),
         }
         # The event stream: the hub learns of every durable commit (one server) or reads every
@@ -224,10 +237,20 @@ class StatekeeperServer:
             raise OSError(f"cannot listen on {cfg.listen}")
         if self.cluster is not None:
             await self._join_cluster()
-        if cfg.metrics_listen:
+        if cfg.http_listen:
+            # The inspector reaches the server only through this private gRPC port (a unix
+            # socket in a 0700 folder), so its reads and writes take the same path as any client.
+            self._inspector_dir = tempfile.mkdtemp(prefix="statekeeper-inspector-")
+            inspector_target = f"unix:{self._inspector_dir}/grpc.sock"
+            if server.add_insecure_port(inspector_target) == 0:
+                raise OSError(f"cannot listen on {inspector_target}")
+        if cfg.metrics_listen or cfg.http_listen:
             metrics.instrument(self)
             gauges.instrument(self)
+        if cfg.metrics_listen:
             self.metrics_http = metrics.MetricsHTTP(cfg.metrics_listen)
+        if cfg.http_listen:
+            await self._start_inspector(inspector_target)  # binds now: a busy port stops the start
         await self.engine.start(sweep=self.cluster is None)
         self.tasks.start()
         if self.tail is not None:
@@ -260,6 +283,8 @@ class StatekeeperServer:
             tmp = cfg.ready_file + ".tmp"
             with open(tmp, "w") as f:
                 extra = {"metrics_address": self.metrics_http.address} if self.metrics_http else {}
+                if self.inspector is not None:
+                    extra["http_address"] = self.inspector.address
                 json.dump({"address": self.address, "pid": os.getpid(), **extra}, f)
             os.replace(tmp, cfg.ready_file)
 
@@ -292,6 +317,29 @@ class StatekeeperServer:
         )
         await self.membership.start()
 
+    async def _start_inspector(self, target: str) -> None:
+        cfg = self.config
+        sampler_token = ""
+        if len(self.tokens):
+            # The consumer-lag sampler calls ListConsumers on its own: a random read token that
+            # never leaves this process.
+            sampler_token = secrets.token_urlsafe(32)
+            self.tokens.add(sampler_token, "inspector-sampler", Permission.READ)
+        self.inspector = Inspector(
+            InspectorSettings(
+                listen=cfg.http_listen,
+                grpc_target=target,
+                auth_required=len(self.tokens) > 0,
+                sampler_token=sampler_token,
+                tls_cert_file=cfg.tls_cert_file,
+                tls_key_file=cfg.tls_key_file,
+                tls_client_ca_file=cfg.tls_client_ca_file,
+                max_message_bytes=cfg.max_message_bytes,
+                metrics=metrics.render,
+            )
+        )
+        await self.inspector.start()
+
     def _log_security(self) -> None:
         cfg = self.config
         tls = "off" if self.credentials is None else ("mutual" if cfg.tls_client_ca_file else "on")
@@ -308,6 +356,8 @@ class StatekeeperServer:
         grace = self.config.shutdown_grace_s if grace is None else grace
         await self.health.enter_graceful_shutdown()
         await self.tasks.stop()  # ends workers' lease streams, so they do not hold up the grace
+        if self.inspector is not None:
+            await self.inspector.stop()  # ends its live feeds (Watch calls) and its channel
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace)
         self.compactor.stop()
@@ -323,6 +373,8 @@ class StatekeeperServer:
             await self.cluster.aclose()
         if self.metrics_http is not None:
             await asyncio.to_thread(self.metrics_http.close)
+        if self._inspector_dir:
+            shutil.rmtree(self._inspector_dir, ignore_errors=True)
         log.info("stopped; store closed at revision %d", self.engine.durable_revision)
 
     async def wait(self) -> None:
