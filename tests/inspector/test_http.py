@@ -9,6 +9,7 @@ import itertools
 import json
 import re
 import ssl
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -269,3 +270,20 @@ def test_tls_serves_https_with_the_same_certificate(tmp_path: Path) -> None:
         assert info["http_address"] == ready["http_address"]
     finally:
         proc.terminate()
+
+
+@pytest.mark.parametrize("which", ["inspected", "secured"])
+def test_the_lag_chart_fills_with_samples(which: str, request: pytest.FixtureRequest) -> None:
+    """The sampler asks ListConsumers every 5 s (with its own read token when tokens are on)."""
+    i: Inspected = request.getfixturevalue(which)
+    http = Http(i.url)
+    if i.token:
+        http.login(READ)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = http.get("/consumers?fragment=1").text
+        assert i.seeded.consumer in text
+        if 'class="series"' in text:
+            return
+        time.sleep(1)
+    raise AssertionError("no lag samples after 60 s")

@@ -261,6 +261,8 @@ class StatekeeperServer:
         self.grpc_server = server
         for name in ["", *names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.inspector is not None:
+            self.inspector.serving()
         if self.cluster is not None:
             log.info(
                 "serving on %s (cluster store %s, %d of %d shards, revision %d)",

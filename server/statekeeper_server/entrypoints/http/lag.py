@@ -102,6 +102,8 @@ def chart_svg(samples: dict[str, deque[tuple[float, int]]], names: list[str], no
         if points:
             coords = " ".join(f"{px(t):.1f},{py(v):.1f}" for t, v in points)
             parts.append(f'<polyline class="series" points="{coords}" stroke="{color}"/>')
+            t, v = points[-1]
+            parts.append(f'<circle cx="{px(t):.1f}" cy="{py(v):.1f}" r="3" fill="{color}"/>')
         y = top + 8 + i * 18
         shown = name if len(name) <= 16 else name[:15] + "…"
         parts.append(f'<rect x="{w - right + 12}" y="{y - 8}" width="10" height="10" fill="{color}"/>')

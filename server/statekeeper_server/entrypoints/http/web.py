@@ -306,8 +306,12 @@ class Inspector:
         bound = sockets[0][1] if sockets else port_number
         shown = f"[{host}]" if ":" in host else host
         self.address = f"{shown}:{bound}"
-        self.sampler.start()
         log.info("inspector on %s://%s/", "https" if self.ssl else "http", self.address)
+
+    def serving(self) -> None:
+        """The gRPC server is up: start what calls it on its own (a call before would fail, and
+        put the channel into its reconnect backoff)."""
+        self.sampler.start()
 
     async def stop(self) -> None:
         await self.sampler.stop()
