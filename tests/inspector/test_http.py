@@ -10,7 +10,9 @@ import json
 import re
 import ssl
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -287,3 +289,59 @@ def test_the_lag_chart_fills_with_samples(which: str, request: pytest.FixtureReq
             return
         time.sleep(1)
     raise AssertionError("no lag samples after 60 s")
+
+
+def _first_events(url: str, headers: dict[str, str]) -> dict[str, Any]:
+    """The first `events` message of a live feed stream."""
+    req = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        kind = ""
+        for raw in r:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: ") and kind == "events":
+                data: dict[str, Any] = json.loads(line[6:])
+                return data
+    raise AssertionError("the stream ended without events")
+
+
+def test_the_feed_stream_resumes_after_the_last_event_id(inspected: Inspected) -> None:
+    with inspected.client() as c:
+        c.create_root("order", "resume-1")
+        paid = c.transition("resume-1", "pay").revision
+        c.transition("resume-1", "ship")
+    url = inspected.url + "/events/stream?root=resume-1&kind=node_transitioned"
+    # EventSource sends back the id of the last message it saw: the stream goes on after it.
+    data = _first_events(url, {"Last-Event-ID": str(paid)})
+    assert [e["transition"] for e in data["events"]] == ["ship"]
+    data = _first_events(url + "&from=1", {})
+    assert [e["transition"] for e in data["events"]] == ["pay", "ship"]
+    assert data["events"][0]["node"] == "resume-1" and data["progress"] >= paid + 1
+
+
+def test_a_closed_feed_ends_its_watch(tmp_path: Path) -> None:
+    proc, ready = start(tmp_path)
+    try:
+        http = Http("http://" + ready["http_address"])
+
+        def subscribers() -> float:
+            found = re.search(r"^statekeeper_subscribers (\S+)$", http.get("/metrics").text, re.M)
+            assert found
+            return float(found.group(1))
+
+        def wait_for(value: float) -> None:
+            deadline = time.monotonic() + 30
+            while subscribers() != value:
+                assert time.monotonic() < deadline, f"subscribers stayed at {subscribers()}, not {value}"
+                time.sleep(0.1)
+
+        wait_for(0)
+        stream = urllib.request.urlopen("http://" + ready["http_address"] + "/events/stream", timeout=30)
+        stream.readline()
+        wait_for(1)  # the feed holds one Watch stream on the server
+        stream.close()
+        wait_for(0)  # and ends it when the browser goes (noticed at the next progress notice)
+    finally:
+        proc.terminate()
