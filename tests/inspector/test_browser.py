@@ -30,8 +30,10 @@ ARGS = [
 TIMEOUT_MS = 20_000  # generous: the machine may be busy
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """Module scope: while Playwright's sync API runs, its event loop is the thread's running
+    loop, and tests after this module call asyncio.run."""
     assert Path(CHROMIUM).exists(), "Chromium is missing: scripts/test installs Debian's chromium package"
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
