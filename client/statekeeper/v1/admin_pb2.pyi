@@ -121,11 +121,15 @@ class GetServerInfoResponse(_message.Message):
     durable_revision: _builtins.int
     """Newest durable revision: every commit up to it is on disk, and reads see exactly these."""
     store: _builtins.str
-    """Kind of store: "rocksdb" for the embedded store."""
+    """Kind of store: "rocksdb" for the embedded store, "postgresql" in cluster mode."""
     store_location: _builtins.str
-    """Where the store lives, as the server sees it: the data folder of the embedded store."""
+    """Where the store lives, as the server sees it: the data folder of the embedded store, the
+    PostgreSQL address (without its password) in cluster mode.
+    """
     fsync: _builtins.bool
-    """Whether every commit group is fsynced before it is answered (--fsync)."""
+    """Whether every commit group is fsynced before it is answered (--fsync; in cluster mode
+    always: a group is answered once its PostgreSQL transaction committed).
+    """
     start_time_ms: _builtins.int
     """When the server started (epoch milliseconds, server clock)."""
     server_time_ms: _builtins.int

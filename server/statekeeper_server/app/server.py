@@ -24,7 +24,7 @@ from statekeeper_server.cluster.events import EventTail
 from statekeeper_server.cluster.membership import Membership
 from statekeeper_server.core.engine import Engine
 from statekeeper_server.core.shards import ShardMap
-from statekeeper_server.entrypoints.grpc.admin import AdminServicer, ServerFacts
+from statekeeper_server.entrypoints.grpc.admin import AdminServicer, ClusterMember, ServerFacts
 from statekeeper_server.entrypoints.grpc.auth import AuthInterceptor, Permission
 from statekeeper_server.entrypoints.grpc.events import EventServicer
 from statekeeper_server.entrypoints.grpc.forwarding import Forwarder
@@ -146,10 +146,14 @@ class StatekeeperServer:
                 self.engine,
                 config.backup_dir,
                 ServerFacts(
-                    store="rocksdb",
-                    store_location=os.path.abspath(config.data_dir),
-                    fsync=config.fsync,
+                    store="rocksdb" if self.cluster is None else "postgresql",
+                    store_location=(
+                        os.path.abspath(config.data_dir) if self.cluster is None else _safe_dsn(config.store)
+                    ),
+                    fsync=config.fsync if self.cluster is None else True,
                     oldest_event_revision=lambda: self.events.oldest_revision,
+                    shard_count=lambda: self.shards.count if self.cluster is not None else 0,
+                    cluster_members=self._cluster_members,
                 ),
             ),
         }
@@ -318,6 +322,20 @@ class StatekeeperServer:
             drain=self.engine.settled,
         )
         await self.membership.start()
+
+    def _cluster_members(self) -> list[ClusterMember]:
+        """GetServerInfo's servers and their shards (as this server last read them)."""
+        if self.membership is None:
+            return []
+        owned: dict[str, list[int]] = {}
+        for shard, (owner, _address) in self.shards.owners.items():
+            owned.setdefault(owner, []).append(shard)
+        owned[self.server_id] = list(self.shards.owned)
+        return [
+            ClusterMember(sid, address, sid == self.server_id, tuple(sorted(owned.get(sid, ()))))
+            for sid, address, alive in self.membership.servers
+            if alive or sid == self.server_id
+        ]
 
     async def _start_inspector(self, target: str) -> None:
         cfg = self.config

@@ -1,10 +1,9 @@
 """Read-only listings over durable state that the inspector needed and the API lacked:
 ListEvents (the event log newest first), ListTimers (pending timers by deadline) and ListRuns.
 
-Each is one plain function over the Store that reads durable state only and does bounded work
-per call, so a page stays fast on a store with millions of records. They are kept together
-here, synchronous and free of gRPC, so that making the read paths asynchronous means changing
-these three functions and the three servicer lines that call them.
+Each is one function over a durable view (engine.reads.view(): one consistent moment, RocksDB
+snapshot or PostgreSQL rows) that does bounded work per call, so a page stays fast on a store
+with millions of records. They are kept together here and free of gRPC.
 """
 
 from __future__ import annotations
@@ -13,13 +12,14 @@ from statekeeper_server.domain.events import EventFilter
 from statekeeper_server.domain.model import Event, NodeAddress, TaskRecord
 from statekeeper_server.domain.savepoints import RunHeader
 from statekeeper_server.storage import codec, keys
-from statekeeper_server.storage.base import Keyspace, Store
+from statekeeper_server.storage.base import DurableView, Keyspace
 
 Position = tuple[int, int]
+EVENT_CHUNK = 5_000  # events read from the store at a time while scanning back
 
 
-def events_before(
-    store: Store,
+async def events_before(
+    view: DurableView,
     flt: EventFilter,
     node_only: NodeAddress | None,
     before: Position,
@@ -35,44 +35,46 @@ def events_before(
     needle = flt.root_id.encode() if flt.root_id else None
     types = [t.encode() for t in flt.machine_types]
     out: list[Event] = []
+    examined = 0
     oldest = 0
-    scan = store.scan(Keyspace.EVENTS, b"", keys.seq_key(*before), reverse=True)
-    for examined, (key, raw) in enumerate(scan, 1):
-        revision, index = keys.seq_key_parts(key)
-        oldest = revision
-        if (needle is None or needle in raw) and (not types or any(t in raw for t in types)):
-            event = codec.decode_event(revision, index, raw)
-            if flt.matches(event) and (node_only is None or event.address == node_only):
-                out.append(event)
-        if len(out) >= limit or examined >= scan_limit:
-            return out, (revision, index), oldest
-    return out, None, oldest
+    end = keys.seq_key(*before)
+    while examined < scan_limit:
+        want = min(EVENT_CHUNK, scan_limit - examined)
+        chunk = await view.scan(Keyspace.EVENTS, b"", end, limit=want, reverse=True)
+        for key, raw in chunk:
+            revision, index = keys.seq_key_parts(key)
+            examined += 1
+            oldest = revision
+            if (needle is None or needle in raw) and (not types or any(t in raw for t in types)):
+                event = codec.decode_event(revision, index, raw)
+                if flt.matches(event) and (node_only is None or event.address == node_only):
+                    out.append(event)
+                    if len(out) >= limit:
+                        return out, (revision, index), oldest
+        if len(chunk) < want:
+            return out, None, oldest  # reached the oldest retained event
+        end = chunk[-1][0]
+    return out, keys.seq_key_parts(end), oldest
 
 
-def timers(store: Store, after: bytes | None, limit: int) -> tuple[list[TaskRecord], bytes | None]:
+async def timers(view: DurableView, after: bytes | None, limit: int) -> tuple[list[TaskRecord], bytes | None]:
     """Pending timers by deadline (the TIMERS index: deadline + task key), after the index key
     `after`; returns them and the key to continue after (None at the end)."""
-    out: list[TaskRecord] = []
     start = after + b"\x00" if after is not None else b""
-    for key, _ in store.scan(Keyspace.TIMERS, start):
-        if len(out) >= limit:
-            return out, after
-        raw = store.get(Keyspace.TASKS, key[8:])
-        after = key
-        if raw is not None:  # the index and the task are written in one batch
-            out.append(codec.decode_task(raw))
-    return out, None
+    entries = await view.scan(Keyspace.TIMERS, start, None, limit=limit + 1)
+    page = entries[:limit]
+    raws = await view.get_many(Keyspace.TASKS, [key[8:] for key, _ in page])
+    # The index and the task are written in one batch, so a task is always there.
+    found = [codec.decode_task(raw) for raw in raws if raw is not None]
+    return found, (page[-1][0] if len(entries) > limit else None)
 
 
-def runs(store: Store, after: str | None, limit: int) -> tuple[list[RunHeader], str | None]:
+async def runs(view: DurableView, after: str | None, limit: int) -> tuple[list[RunHeader], str | None]:
     """Runs by id after the run id `after`; returns them and the id to continue after."""
-    out: list[RunHeader] = []
     # A run has two keys, its header (id 0x00) and its entity ids (id 0x00 0x01).
     start = keys.run_entity_ids_key(after) + b"\x00" if after is not None else b""
-    for key, raw in store.scan(Keyspace.RUNS, start):
-        if not key.endswith(b"\x00"):
-            continue
-        if len(out) >= limit:
-            return out, out[-1].run_id
-        out.append(codec.decode_run(raw))
-    return out, None
+    entries = await view.scan(Keyspace.RUNS, start, None, limit=2 * limit + 2)
+    headers = [codec.decode_run(raw) for key, raw in entries if key.endswith(b"\x00")]
+    more = len(headers) > limit or len(entries) == 2 * limit + 2
+    page = headers[:limit]
+    return page, (page[-1].run_id if more and page else None)

@@ -303,7 +303,9 @@ class EventServicer:
         else:
             before = top
         node = NodeAddress(flt.root_id, flt.path_prefix) if request.exclude_descendants else None
-        events, more, oldest = listings.events_before(self.engine.store, flt, node, before, limit, scan_limit)
+        events, more, oldest = await listings.events_before(
+            self.engine.reads.view(), flt, node, before, limit, scan_limit
+        )
         return pb.ListEventsResponse(
             events=[event_pb(e) for e in events],
             next_page_token=convert.encode_token(_EVENTS_TOKEN.pack(*more, digest)) if more else "",

@@ -141,7 +141,7 @@ class SavepointServicer:
             raise InvalidArgument(
                 "INVALID_PAGE_TOKEN", "page_token is not a token this server issued", field="page_token"
             ) from None
-        headers, more = listings.runs(self.engine.store, after, limit)
+        headers, more = await listings.runs(self.engine.reads.view(), after, limit)
         return pb.ListRunsResponse(
             runs=[self._run(h) for h in headers],
             next_page_token=convert.encode_token(more.encode()) if more is not None else "",

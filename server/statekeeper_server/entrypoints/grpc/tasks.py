@@ -150,7 +150,9 @@ class TaskServicer:
 
     async def ListTimers(self, request: pb.ListTimersRequest, context: Context) -> pb.ListTimersResponse:
         limit = check_page_size(request.page_size, self.limits)
-        timers, more = listings.timers(self.engine.store, convert.decode_token(request.page_token), limit)
+        timers, more = await listings.timers(
+            self.engine.reads.view(), convert.decode_token(request.page_token), limit
+        )
         return pb.ListTimersResponse(
             tasks=[convert.task(t) for t in timers],
             next_page_token=convert.encode_token(more) if more else "",
