@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file statekeeper/v1/admin.proto.
  */
 export const file_statekeeper_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChpzdGF0ZWtlZXBlci92MS9hZG1pbi5wcm90bxIOc3RhdGVrZWVwZXIudjEiIwoTQ3JlYXRlQmFja3VwUmVxdWVzdBIMCgRuYW1lGAEgASgJInAKFENyZWF0ZUJhY2t1cFJlc3BvbnNlEgwKBG5hbWUYASABKAkSDAoEcGF0aBgCIAEoCRIQCghyZXZpc2lvbhgDIAEoAxISCgpzaXplX2J5dGVzGAQgASgDEhYKDmNyZWF0ZV90aW1lX21zGAUgASgDMmkKDEFkbWluU2VydmljZRJZCgxDcmVhdGVCYWNrdXASIy5zdGF0ZWtlZXBlci52MS5DcmVhdGVCYWNrdXBSZXF1ZXN0GiQuc3RhdGVrZWVwZXIudjEuQ3JlYXRlQmFja3VwUmVzcG9uc2ViBnByb3RvMw");
+  fileDesc("ChpzdGF0ZWtlZXBlci92MS9hZG1pbi5wcm90bxIOc3RhdGVrZWVwZXIudjEiIwoTQ3JlYXRlQmFja3VwUmVxdWVzdBIMCgRuYW1lGAEgASgJInAKFENyZWF0ZUJhY2t1cFJlc3BvbnNlEgwKBG5hbWUYASABKAkSDAoEcGF0aBgCIAEoCRIQCghyZXZpc2lvbhgDIAEoAxISCgpzaXplX2J5dGVzGAQgASgDEhYKDmNyZWF0ZV90aW1lX21zGAUgASgDIhYKFEdldFNlcnZlckluZm9SZXF1ZXN0IqUCChVHZXRTZXJ2ZXJJbmZvUmVzcG9uc2USDwoHdmVyc2lvbhgBIAEoCRIQCghyZXZpc2lvbhgCIAEoAxIYChBkdXJhYmxlX3JldmlzaW9uGAMgASgDEg0KBXN0b3JlGAQgASgJEhYKDnN0b3JlX2xvY2F0aW9uGAUgASgJEg0KBWZzeW5jGAYgASgIEhUKDXN0YXJ0X3RpbWVfbXMYByABKAMSFgoOc2VydmVyX3RpbWVfbXMYCCABKAMSHQoVb2xkZXN0X2V2ZW50X3JldmlzaW9uGAkgASgDEhMKC3NoYXJkX2NvdW50GAogASgFEjYKD2NsdXN0ZXJfbWVtYmVycxgLIAMoCzIdLnN0YXRla2VlcGVyLnYxLkNsdXN0ZXJNZW1iZXIiVwoNQ2x1c3Rlck1lbWJlchIRCglzZXJ2ZXJfaWQYASABKAkSDwoHYWRkcmVzcxgCIAEoCRIMCgRzZWxmGAMgASgIEhQKDG93bmVkX3NoYXJkcxgEIAMoBTLHAQoMQWRtaW5TZXJ2aWNlElkKDENyZWF0ZUJhY2t1cBIjLnN0YXRla2VlcGVyLnYxLkNyZWF0ZUJhY2t1cFJlcXVlc3QaJC5zdGF0ZWtlZXBlci52MS5DcmVhdGVCYWNrdXBSZXNwb25zZRJcCg1HZXRTZXJ2ZXJJbmZvEiQuc3RhdGVrZWVwZXIudjEuR2V0U2VydmVySW5mb1JlcXVlc3QaJS5zdGF0ZWtlZXBlci52MS5HZXRTZXJ2ZXJJbmZvUmVzcG9uc2ViBnByb3RvMw");
 
 /**
  * CreateBackupRequest names the backup.
@@ -84,6 +84,156 @@ export const CreateBackupResponseSchema: GenMessage<CreateBackupResponse> = /*@_
   messageDesc(file_statekeeper_v1_admin, 1);
 
 /**
+ * GetServerInfoRequest asks for the server's facts; it has no fields.
+ *
+ * @generated from message statekeeper.v1.GetServerInfoRequest
+ */
+export type GetServerInfoRequest = Message<"statekeeper.v1.GetServerInfoRequest"> & {
+};
+
+/**
+ * Describes the message statekeeper.v1.GetServerInfoRequest.
+ * Use `create(GetServerInfoRequestSchema)` to create a new message.
+ */
+export const GetServerInfoRequestSchema: GenMessage<GetServerInfoRequest> = /*@__PURE__*/
+  messageDesc(file_statekeeper_v1_admin, 2);
+
+/**
+ * GetServerInfoResponse holds the facts of the server that answered.
+ *
+ * @generated from message statekeeper.v1.GetServerInfoResponse
+ */
+export type GetServerInfoResponse = Message<"statekeeper.v1.GetServerInfoResponse"> & {
+  /**
+   * Version of the statekeeper server.
+   *
+   * @generated from field: string version = 1;
+   */
+  version: string;
+
+  /**
+   * Newest revision the server has assigned to a commit; it may not be durable yet.
+   *
+   * @generated from field: int64 revision = 2;
+   */
+  revision: bigint;
+
+  /**
+   * Newest durable revision: every commit up to it is on disk, and reads see exactly these.
+   *
+   * @generated from field: int64 durable_revision = 3;
+   */
+  durableRevision: bigint;
+
+  /**
+   * Kind of store: "rocksdb" for the embedded store, "postgresql" in cluster mode.
+   *
+   * @generated from field: string store = 4;
+   */
+  store: string;
+
+  /**
+   * Where the store lives, as the server sees it: the data folder of the embedded store, the
+   * PostgreSQL address (without its password) in cluster mode.
+   *
+   * @generated from field: string store_location = 5;
+   */
+  storeLocation: string;
+
+  /**
+   * Whether every commit group is fsynced before it is answered (--fsync; in cluster mode
+   * always: a group is answered once its PostgreSQL transaction committed).
+   *
+   * @generated from field: bool fsync = 6;
+   */
+  fsync: boolean;
+
+  /**
+   * When the server started (epoch milliseconds, server clock).
+   *
+   * @generated from field: int64 start_time_ms = 7;
+   */
+  startTimeMs: bigint;
+
+  /**
+   * The server's clock now (epoch milliseconds).
+   *
+   * @generated from field: int64 server_time_ms = 8;
+   */
+  serverTimeMs: bigint;
+
+  /**
+   * Oldest revision whose events are still retained (older ones were compacted).
+   *
+   * @generated from field: int64 oldest_event_revision = 9;
+   */
+  oldestEventRevision: bigint;
+
+  /**
+   * Number of logical shards in cluster mode; 0 on the embedded store (one server, no shards).
+   *
+   * @generated from field: int32 shard_count = 10;
+   */
+  shardCount: number;
+
+  /**
+   * The servers of the cluster and the shards each owns; empty on the embedded store.
+   *
+   * @generated from field: repeated statekeeper.v1.ClusterMember cluster_members = 11;
+   */
+  clusterMembers: ClusterMember[];
+};
+
+/**
+ * Describes the message statekeeper.v1.GetServerInfoResponse.
+ * Use `create(GetServerInfoResponseSchema)` to create a new message.
+ */
+export const GetServerInfoResponseSchema: GenMessage<GetServerInfoResponse> = /*@__PURE__*/
+  messageDesc(file_statekeeper_v1_admin, 3);
+
+/**
+ * ClusterMember is one server of a cluster.
+ *
+ * @generated from message statekeeper.v1.ClusterMember
+ */
+export type ClusterMember = Message<"statekeeper.v1.ClusterMember"> & {
+  /**
+   * Id of the server, unique in the cluster.
+   *
+   * @generated from field: string server_id = 1;
+   */
+  serverId: string;
+
+  /**
+   * The gRPC address it advertises to the others (for forwarding).
+   *
+   * @generated from field: string address = 2;
+   */
+  address: string;
+
+  /**
+   * True for the server that answered this call.
+   *
+   * @generated from field: bool self = 3;
+   */
+  self: boolean;
+
+  /**
+   * The shards it owns now.
+   *
+   * @generated from field: repeated int32 owned_shards = 4;
+   */
+  ownedShards: number[];
+};
+
+/**
+ * Describes the message statekeeper.v1.ClusterMember.
+ * Use `create(ClusterMemberSchema)` to create a new message.
+ */
+export const ClusterMemberSchema: GenMessage<ClusterMember> = /*@__PURE__*/
+  messageDesc(file_statekeeper_v1_admin, 4);
+
+/**
  * AdminService operates the server itself.
  *
  * @generated from service statekeeper.v1.AdminService
@@ -100,6 +250,17 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof CreateBackupRequestSchema;
     output: typeof CreateBackupResponseSchema;
+  },
+  /**
+   * GetServerInfo returns facts about the server: its version, revisions, store, uptime and,
+   * in cluster mode, the servers and which one owns each shard. A read token may call it.
+   *
+   * @generated from rpc statekeeper.v1.AdminService.GetServerInfo
+   */
+  getServerInfo: {
+    methodKind: "unary";
+    input: typeof GetServerInfoRequestSchema;
+    output: typeof GetServerInfoResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_statekeeper_v1_admin, 0);
