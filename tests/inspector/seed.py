@@ -48,7 +48,7 @@ def seed(client: sk.SyncClient, prefix: str = "s") -> Seeded:
     client.create_root("job", timer_root)
     client.transition(timer_root, "arm")
     run = f"{prefix}-run-1"
-    client.init_run(run, {"counter": b"0", "window": b"[]"}, start_ms=0, schedule_ms=60_000)
+    client.create_run(run, {"counter": b"0", "window": b"[]"}, start_ms=0, schedule_ms=60_000)
     client.save_entity_states(
         [sk.EntitySave(run, "counter", 190_000, b"42"), sk.EntitySave(run, "window", 130_000, b"[1,2]")]
     )

@@ -157,7 +157,7 @@ def test_list_timers_by_deadline(inspected: Inspected) -> None:
 def test_list_runs_by_id(inspected: Inspected) -> None:
     with inspected.client() as c:
         for name in ("runs-b", "runs-a", "runs-c"):
-            c.init_run(name, {"e": b"0"}, start_ms=0, schedule_ms=1000)
+            c.create_run(name, {"e": b"0"}, start_ms=0, schedule_ms=1000)
     with grpc.insecure_channel(inspected.grpc) as ch:
         stub = savepoint_pb2_grpc.SavepointServiceStub(ch)
         ids: list[str] = []
