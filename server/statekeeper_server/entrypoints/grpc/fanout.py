@@ -1,8 +1,8 @@
 """LeaseTasks in cluster mode: outbound tasks are handed out by the server that owns their
 shard (it holds their leases), so a worker's stream on any server gathers tasks from every
 server: its own, and one internal stream per peer, merged. The worker's max_in_flight is split
-evenly over the servers. Tasks a server leased for the stream but could not deliver (the worker
-went away) are released again, so they do not count as a failed attempt.
+evenly over the servers. Tasks leased for the stream that never left this server (the worker
+went away while they waited here) are released again, so they do not count as an attempt.
 """
 
 from __future__ import annotations
@@ -82,12 +82,9 @@ async def merged(
                 getter.cancel()
                 own.result()  # the local stream ended (the server stops): so does this one
                 return
-            source, batch = getter.result()
-            try:
-                yield batch
-            except GeneratorExit:
-                await _give_back(source, batch, context, forwarder, release_local)
-                raise
+            _, batch = getter.result()
+            # Closed at this yield, the batch may have been delivered: its leases stay.
+            yield batch
     finally:
         closed.set()
         for task in [own, watcher, *workers.values()]:

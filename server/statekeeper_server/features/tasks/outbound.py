@@ -209,15 +209,10 @@ class OutboundExecutor:
                 stream.wake.clear()
                 batch, wake_at = await self._take(stream)
                 if batch:
-                    try:
-                        yield batch
-                    except GeneratorExit:
-                        # The worker went away before this batch was sent: give the tasks back
-                        # without counting an attempt it never made.
-                        for leased in batch:
-                            with contextlib.suppress(Exception):
-                                self.release(leased.task.task_id, leased.token)
-                        raise
+                    # Closed at this yield, the stream may or may not have delivered the batch
+                    # (the transport may have sent it): its leases stay and expire if the
+                    # worker never settles them (an attempt, as for a worker that crashed).
+                    yield batch
                     continue
                 timeout = None if wake_at is None else max(0.001, (wake_at - now_ms()) / 1000)
                 with contextlib.suppress(TimeoutError):
