@@ -198,6 +198,13 @@ class Engine:
     async def write_unversioned(self, mutations: list[Mutation], shard: int | None = None) -> None:
         """Durably write bookkeeping that is not a change of state (e.g. a consumer's
         acknowledgements): no revision, no event, same group commit and fsync."""
+        await asyncio.shield(self.enqueue_unversioned(mutations, shard))
+
+    def enqueue_unversioned(
+        self, mutations: list[Mutation], shard: int | None = None
+    ) -> asyncio.Future[None]:
+        """write_unversioned, queued at once (in call order with every other write); the future
+        resolves once the write is durable."""
 
         def run(revision: int) -> tuple[PendingCommit | None, None]:
             raw = self.pending.raw
@@ -207,7 +214,8 @@ class Engine:
 
         intent = Intent(run, versioned=False, shard=current_shard.get() if shard is None else shard)
         self.committer.enqueue(intent)
-        await asyncio.shield(intent.future)
+        future: asyncio.Future[None] = intent.future
+        return future
 
     async def settled(self) -> None:
         """Return once every write queued so far is answered (and so durable or refused)."""
