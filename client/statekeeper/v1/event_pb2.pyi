@@ -68,6 +68,10 @@ class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.V
     """
     EVENT_KIND_TREE_SNAPSHOT_DELETED: _EventKind.ValueType  # 19
     """A snapshot of a tree was deleted (node = the root, detail: JSON with name)."""
+    EVENT_KIND_ENTITY_UPDATED: _EventKind.ValueType  # 20
+    """Entities' current states were set by UpdateEntityStates (detail: JSON with run_id and
+    updates, the number of updates for that run).
+    """
 
 class EventKind(_EventKind, metaclass=_EventKindEnumTypeWrapper):
     """EventKind says what changed."""
@@ -114,6 +118,10 @@ root written, detail: JSON with mode, name and counts).
 """
 EVENT_KIND_TREE_SNAPSHOT_DELETED: EventKind.ValueType  # 19
 """A snapshot of a tree was deleted (node = the root, detail: JSON with name)."""
+EVENT_KIND_ENTITY_UPDATED: EventKind.ValueType  # 20
+"""Entities' current states were set by UpdateEntityStates (detail: JSON with run_id and
+updates, the number of updates for that run).
+"""
 Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
 
 class _ConsumerStart:
