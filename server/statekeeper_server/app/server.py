@@ -260,7 +260,7 @@ class StatekeeperServer:
         if cfg.http_listen:
             await self._start_inspector(inspector_target)  # binds now: a busy port stops the start
         await self.engine.start(sweep=self.cluster is None)
-        self.tasks.start()
+        self.tasks.start(retention=self.cluster is None)
         self.consumers.start()
         if self.tail is not None:
             self.tail.start()

@@ -51,6 +51,8 @@ class EventCompactor:
                 await self.run_once()
             except DomainError as e:  # the store failed (UNAVAILABLE): the server is stopping
                 log.warning("event compaction failed: %s", e.message)
+            except OSError as e:  # the store failed (e.g. the disk is full): the committer stops
+                log.warning("event compaction failed (%s); will retry", e)
             except Exception:
                 log.exception("event compaction failed; will retry")
 

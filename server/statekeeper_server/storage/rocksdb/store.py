@@ -261,6 +261,17 @@ class RocksStore:
             raise StoreError("the store is closed")
         rocksdict.Checkpoint(self._db).create_checkpoint(path)
 
+    def reclaim(self, keyspace: Keyspace, start: bytes | None, end: bytes | None) -> None:
+        # The deleted records also sit in WAL files, which RocksDB deletes only once every
+        # column family with data in them has flushed its memtable: flush them all (cheap when
+        # little is left, and it frees the memtables' memory), then compact the range (drops
+        # deleted keys and range tombstones). rocksdict releases the GIL meanwhile.
+        for family in list(self._cfs.values()):
+            family.flush(True)
+        cf = self._cfs.get(keyspace)
+        if cf is not None:
+            cf.compact_range(start, end)
+
     def close(self) -> None:
         if self._db is not None:
             # Snapshots and column family objects hold the database open too (and the LOCK file).
