@@ -35,7 +35,13 @@ def count_keys(data_dir: Path, *keyspaces: Keyspace) -> dict[Keyspace, int]:
         out = {}
         for ks in keyspaces:
             cf = db.get_column_family(ks.value)
-            out[ks] = sum(1 for _ in cf.keys())
+            it, n = cf.iter(), 0
+            it.seek_to_first()
+            while it.valid():
+                n += 1
+                it.next()
+            del it
+            out[ks] = n
             cf.close()
         return out
     finally:
