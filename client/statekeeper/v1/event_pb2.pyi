@@ -374,9 +374,14 @@ class Consumer(_message.Message):
     ack_wait_ms: _builtins.int
     """How long a delivered event may stay unacknowledged before it is delivered again, ms."""
     max_unacked: _builtins.int
-    """Most events delivered and not yet acknowledged at any time."""
+    """Most events delivered and not yet acknowledged at any time; also the most acknowledged
+    events remembered beyond the oldest unacknowledged one (then nothing new is delivered
+    until that one is acknowledged).
+    """
     acked_revision: _builtins.int
-    """Every event up to this revision is acknowledged (or filtered out)."""
+    """Every event up to this revision is acknowledged or left out by the filter (durably: a
+    position is shown once the write that moved it is durable).
+    """
     unacked_count: _builtins.int
     """Events delivered and not yet acknowledged."""
     lag_revisions: _builtins.int
@@ -731,7 +736,7 @@ class AckResponse(_message.Message):
 
     ACKED_REVISION_FIELD_NUMBER: _builtins.int
     acked_revision: _builtins.int
-    """Every event up to this revision is acknowledged."""
+    """Every event up to this revision is acknowledged or left out by the filter (durably)."""
     def __init__(
         self,
         *,

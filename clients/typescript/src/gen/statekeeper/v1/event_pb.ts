@@ -282,14 +282,17 @@ export type Consumer = Message<"statekeeper.v1.Consumer"> & {
   ackWaitMs: bigint;
 
   /**
-   * Most events delivered and not yet acknowledged at any time.
+   * Most events delivered and not yet acknowledged at any time; also the most acknowledged
+   * events remembered beyond the oldest unacknowledged one (then nothing new is delivered
+   * until that one is acknowledged).
    *
    * @generated from field: int32 max_unacked = 4;
    */
   maxUnacked: number;
 
   /**
-   * Every event up to this revision is acknowledged (or filtered out).
+   * Every event up to this revision is acknowledged or left out by the filter (durably: a
+   * position is shown once the write that moved it is durable).
    *
    * @generated from field: int64 acked_revision = 5;
    */
@@ -654,7 +657,7 @@ export const AckRequestSchema: GenMessage<AckRequest> = /*@__PURE__*/
  */
 export type AckResponse = Message<"statekeeper.v1.AckResponse"> & {
   /**
-   * Every event up to this revision is acknowledged.
+   * Every event up to this revision is acknowledged or left out by the filter (durably).
    *
    * @generated from field: int64 acked_revision = 1;
    */
