@@ -25,6 +25,7 @@ from statekeeper_server.storage import codec, keys
 from statekeeper_server.storage.base import Keyspace
 from statekeeper_server.storage.indexes import (
     dead_letter_key,
+    finished_key,
     outbound_key,
     task_index_mutations,
     timer_key,
@@ -129,7 +130,11 @@ def test_index_entries_follow_the_status() -> None:
     timer = _task(TaskKind.TIMER)
     assert task_index_mutations(timer) == [node_entry, (Keyspace.TIMERS, timer_key(5_000, tkey), b"")]
     fired = with_status(timer, TaskStatus.COMPLETED)
-    assert task_index_mutations(fired, timer) == [(Keyspace.TIMERS, timer_key(5_000, tkey), None)]
+    # a finished task enters the retention index under the commit's time
+    assert task_index_mutations(fired, timer, now_ms=7_000) == [
+        (Keyspace.TASKS_FINISHED, finished_key(7_000, tkey), b""),
+        (Keyspace.TIMERS, timer_key(5_000, tkey), None),
+    ]
 
     out = _task()
     queued = (Keyspace.OUTBOUND_QUEUE, outbound_key("mail", 0, tkey))

@@ -387,19 +387,66 @@ def test_initialised_before_and_after_init_and_after_a_restart(fresh_server: Ser
         store.close()
 
 
-def test_update_state_alone_persists_nothing(fresh_server: ServerProcess) -> None:
+def test_entity_updates_survive_a_restart_and_the_ack_saves_exactly_the_last_one(
+    fresh_server: ServerProcess,
+) -> None:
+    """Regression (issue 11, item 5): UpdateEntityStates was held in server memory only: after a
+    restart AckProcessedTime saved the initial state into a complete savepoint and said OK.
+    Updates are durable now (a commit each, an ENTITY_UPDATED event), and what is loaded is
+    exactly the bytes the client last gave, empty ones included."""
     with sk.SyncClient.connect(fresh_server.address) as c:
-        c.create_run("run", {"e": b"initial"}, start_ms=0, schedule_ms=MIN)
+        c.create_run(
+            "run", {"e": b"initial", "f": b"f-initial", "g": b"g-initial"}, start_ms=0, schedule_ms=MIN
+        )
         before = c.get_run("run")
-        assert c.update_entity_states([sk.EntityUpdate("run", "e", b"updated")]) == 1
-        assert c.get_run("run") == before
+        assert c.update_entity_states([sk.EntityUpdate("run", "e", b"first")]) == 1
+        # in one call the last update of an entity wins; the bytes are kept as given
+        assert (
+            c.update_entity_states(
+                [
+                    sk.EntityUpdate("run", "e", b"second"),
+                    sk.EntityUpdate("run", "f", b""),
+                    sk.EntityUpdate("run", "e", b"\x00last\xff"),
+                ]
+            )
+            == 3
+        )
+        assert c.get_run("run") == before  # an update fills no savepoint
         assert c.list_savepoints("run") == []
-    fresh_server.kill()
+    fresh_server.kill()  # SIGKILL: acknowledged means durable
     fresh_server.start()
     with sk.SyncClient.connect(fresh_server.address) as c:
-        # the update did not survive: the acknowledgement saves the initial state
-        assert c.ack_processed_time("run", "e", 60_000).saved
-        assert states(c.load_latest_savepoint("run")) == {"e": b"initial"}
+        outcome = c.ack_processed_times([sk.EntityAck("run", x, 60_000) for x in "efg"])
+        assert outcome.completed == (("run", 60_000),)
+        assert states(c.load_latest_savepoint("run")) == {"e": b"\x00last\xff", "f": b"", "g": b"g-initial"}
+        # the current state stays current: the next savepoint gets it again, until the next update
+        c.update_entity_state("run", "g", b"g-2")
+        c.ack_processed_times([sk.EntityAck("run", x, 120_000) for x in "efg"])
+        assert states(c.load_latest_savepoint("run")) == {"e": b"\x00last\xff", "f": b"", "g": b"g-2"}
+        watch = c.watch(start_revision=1, kinds=["entity_updated"], reconnect=False)
+        events = [next(watch) for _ in range(3)]
+        watch.close()
+        assert [json.loads(e.detail) for e in events] == [
+            {"run_id": "run", "updates": 1},
+            {"run_id": "run", "updates": 3},
+            {"run_id": "run", "updates": 1},
+        ]
+
+
+def test_updates_of_a_deleted_or_rewound_run_are_gone(client: sk.SyncClient, uid: str) -> None:
+    """A run deleted and initialised again, or resumed from a rewritten savepoint, does not
+    pick up current states given before."""
+    client.create_run(uid, {"e": b"e0"}, start_ms=0, schedule_ms=MIN)
+    client.update_entity_state(uid, "e", b"stale")
+    client.delete_run(uid)
+    client.create_run(uid, {"e": b"e0"}, start_ms=0, schedule_ms=MIN)
+    client.ack_processed_time(uid, "e", 60_000)
+    assert states(client.load_latest_savepoint(uid)) == {"e": b"e0"}
+    client.update_entity_state(uid, "e", b"before-rewrite")
+    client.ack_processed_time(uid, "e", 120_000)
+    client.update_savepoint(uid, 60_000, {"e": b"rewritten"}, schema_version=2)
+    client.ack_processed_time(uid, "e", 120_000)
+    assert states(client.load_latest_savepoint(uid)) == {"e": b"rewritten"}
 
 
 def _corrupt(data_dir: Path, run_id: str, t: int, entity_id: str) -> None:

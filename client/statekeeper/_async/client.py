@@ -848,8 +848,8 @@ class Client:
         return outcome.results[0]
 
     async def update_entity_states(self, updates: Sequence[EntityUpdate]) -> int:
-        """Set entities' current states (Runbox's Entity.update_state). Persists nothing: the
-        server holds them in memory until ack_processed_time saves them."""
+        """Set entities' current states (Runbox's Entity.update_state), durably: kept across
+        restarts until ack_processed_time saves them into the savepoints it reaches."""
         req = savepoint_pb2.UpdateEntityStatesRequest(
             updates=[
                 savepoint_pb2.EntityStateUpdate(

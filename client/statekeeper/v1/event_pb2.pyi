@@ -68,6 +68,10 @@ class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.V
     """
     EVENT_KIND_TREE_SNAPSHOT_DELETED: _EventKind.ValueType  # 19
     """A snapshot of a tree was deleted (node = the root, detail: JSON with name)."""
+    EVENT_KIND_ENTITY_UPDATED: _EventKind.ValueType  # 20
+    """Entities' current states were set by UpdateEntityStates (detail: JSON with run_id and
+    updates, the number of updates for that run).
+    """
 
 class EventKind(_EventKind, metaclass=_EventKindEnumTypeWrapper):
     """EventKind says what changed."""
@@ -114,6 +118,10 @@ root written, detail: JSON with mode, name and counts).
 """
 EVENT_KIND_TREE_SNAPSHOT_DELETED: EventKind.ValueType  # 19
 """A snapshot of a tree was deleted (node = the root, detail: JSON with name)."""
+EVENT_KIND_ENTITY_UPDATED: EventKind.ValueType  # 20
+"""Entities' current states were set by UpdateEntityStates (detail: JSON with run_id and
+updates, the number of updates for that run).
+"""
 Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
 
 class _ConsumerStart:
@@ -366,9 +374,14 @@ class Consumer(_message.Message):
     ack_wait_ms: _builtins.int
     """How long a delivered event may stay unacknowledged before it is delivered again, ms."""
     max_unacked: _builtins.int
-    """Most events delivered and not yet acknowledged at any time."""
+    """Most events delivered and not yet acknowledged at any time; also the most acknowledged
+    events remembered beyond the oldest unacknowledged one (then nothing new is delivered
+    until that one is acknowledged).
+    """
     acked_revision: _builtins.int
-    """Every event up to this revision is acknowledged (or filtered out)."""
+    """Every event up to this revision is acknowledged or left out by the filter (durably: a
+    position is shown once the write that moved it is durable).
+    """
     unacked_count: _builtins.int
     """Events delivered and not yet acknowledged."""
     lag_revisions: _builtins.int
@@ -723,7 +736,7 @@ class AckResponse(_message.Message):
 
     ACKED_REVISION_FIELD_NUMBER: _builtins.int
     acked_revision: _builtins.int
-    """Every event up to this revision is acknowledged."""
+    """Every event up to this revision is acknowledged or left out by the filter (durably)."""
     def __init__(
         self,
         *,

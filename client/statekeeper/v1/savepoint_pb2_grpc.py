@@ -162,8 +162,9 @@ class SavepointServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def UpdateEntityStates(self, request, context):
-        """UpdateEntityStates sets entities' current states (Runbox's Entity.update_state). It
-        persists nothing: the states are held in server memory until AckProcessedTime saves them.
+        """UpdateEntityStates sets entities' current states (Runbox's Entity.update_state), durably:
+        answered once committed (one revision, an ENTITY_UPDATED event per run), kept across
+        restarts. It fills no savepoint: AckProcessedTime saves the current state.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -53,8 +53,9 @@ class SavepointServiceStub:
     whose timestamp is before the entity's next savepoint changes nothing.
     """
     UpdateEntityStates: _grpc.UnaryUnaryMultiCallable[_savepoint_pb2.UpdateEntityStatesRequest, _savepoint_pb2.UpdateEntityStatesResponse]
-    """UpdateEntityStates sets entities' current states (Runbox's Entity.update_state). It
-    persists nothing: the states are held in server memory until AckProcessedTime saves them.
+    """UpdateEntityStates sets entities' current states (Runbox's Entity.update_state), durably:
+    answered once committed (one revision, an ENTITY_UPDATED event per run), kept across
+    restarts. It fills no savepoint: AckProcessedTime saves the current state.
     """
     AckProcessedTime: _grpc.UnaryUnaryMultiCallable[_savepoint_pb2.AckProcessedTimeRequest, _savepoint_pb2.AckProcessedTimeResponse]
     """AckProcessedTime acknowledges that entities have processed everything up to a time
@@ -116,8 +117,9 @@ class SavepointServiceAsyncStub(SavepointServiceStub):
     whose timestamp is before the entity's next savepoint changes nothing.
     """
     UpdateEntityStates: _aio.UnaryUnaryMultiCallable[_savepoint_pb2.UpdateEntityStatesRequest, _savepoint_pb2.UpdateEntityStatesResponse]  # type: ignore[assignment]
-    """UpdateEntityStates sets entities' current states (Runbox's Entity.update_state). It
-    persists nothing: the states are held in server memory until AckProcessedTime saves them.
+    """UpdateEntityStates sets entities' current states (Runbox's Entity.update_state), durably:
+    answered once committed (one revision, an ENTITY_UPDATED event per run), kept across
+    restarts. It fills no savepoint: AckProcessedTime saves the current state.
     """
     AckProcessedTime: _aio.UnaryUnaryMultiCallable[_savepoint_pb2.AckProcessedTimeRequest, _savepoint_pb2.AckProcessedTimeResponse]  # type: ignore[assignment]
     """AckProcessedTime acknowledges that entities have processed everything up to a time
@@ -206,8 +208,9 @@ class SavepointServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _savepoint_pb2.UpdateEntityStatesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_savepoint_pb2.UpdateEntityStatesResponse, _abc.Awaitable[_savepoint_pb2.UpdateEntityStatesResponse]]:
-        """UpdateEntityStates sets entities' current states (Runbox's Entity.update_state). It
-        persists nothing: the states are held in server memory until AckProcessedTime saves them.
+        """UpdateEntityStates sets entities' current states (Runbox's Entity.update_state), durably:
+        answered once committed (one revision, an ENTITY_UPDATED event per run), kept across
+        restarts. It fills no savepoint: AckProcessedTime saves the current state.
         """
 
     @_abc_1.abstractmethod

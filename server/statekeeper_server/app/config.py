@@ -74,6 +74,7 @@ class Config:
     task_max_in_flight: int = 1_000
     task_breaker_threshold: int = 5
     task_breaker_cooldown_s: float = 30.0
+    task_retention_s: float = 7 * 24 * 3600
     savepoint_keep: int = 3
     backup_dir: str = "./statekeeper-backups"
     otel_traces: str = ""
@@ -115,6 +116,7 @@ _HELP = {
     "task_max_in_flight": "most outbound tasks of one destination leased at once",
     "task_breaker_threshold": "consecutive failures of a destination that open its circuit breaker (0: never)",
     "task_breaker_cooldown_s": "seconds an open breaker hands out nothing before one probe task",
+    "task_retention_s": "seconds completed, stale and discarded tasks are kept (GetTask, ListTasks) before they are deleted (0: for ever)",
     "otel_traces": "OpenTelemetry traces, a span per call with its request_id: otlp (OTEL_EXPORTER_OTLP_* variables say where) or console; empty: off (needs the otel extra)",
     "failpoints": "fault injection for tests: name=action[,name=action] (see docs/operations.md)",
 }
@@ -255,4 +257,5 @@ def task_settings(config: Config) -> TaskSettings:
         max_in_flight=max(1, config.task_max_in_flight),
         breaker_threshold=max(0, config.task_breaker_threshold),
         breaker_cooldown_ms=ms(config.task_breaker_cooldown_s),
+        finished_retention_ms=ms(config.task_retention_s),
     )

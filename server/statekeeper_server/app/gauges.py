@@ -51,7 +51,7 @@ class StateGauges:
                     t += 1 if value is not None else -1
                 elif keyspace is queue:
                     q += 1 if value is not None else -1
-                elif keyspace is consumers:
+                elif keyspace is consumers and b"\x00" not in key:  # not an ack key
                     name = key.decode()
                     if value is None:
                         self._consumer_names.discard(name)

@@ -167,8 +167,12 @@ class StatekeeperServer:
         else:
             self.engine.durable_listeners.append(self.events.on_durable)
         self.consumers = ConsumerManager(
-            self.store, self.events, self.engine.write_unversioned, load=self.cluster is None
+            self.store, self.events, self.engine.enqueue_unversioned, load=self.cluster is None
         )
+        if self.cluster is None:
+            # Idle consumers follow the durable top past commits they do not match (in a
+            # cluster they catch up from the hub every second).
+            self.engine.durable_listeners.append(self.consumers.on_durable)
         self.compactor = EventCompactor(
             self.store,
             self.events,
@@ -256,7 +260,8 @@ class StatekeeperServer:
         if cfg.http_listen:
             await self._start_inspector(inspector_target)  # binds now: a busy port stops the start
         await self.engine.start(sweep=self.cluster is None)
-        self.tasks.start()
+        self.tasks.start(retention=self.cluster is None)
+        self.consumers.start()
         if self.tail is not None:
             self.tail.start()
         else:
@@ -387,6 +392,7 @@ class StatekeeperServer:
             await self.tail.stop()
         if self.routing is not None:
             await self.routing.forwarder.close()
+        self.consumers.stop()
         await self.engine.close()
         self.store.close()
         if self.cluster is not None:

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from statekeeper_server.core.catalog import TypeCatalog
 from statekeeper_server.core.committer import Committer, Intent, Mutation, PendingCommit, store_failed
 from statekeeper_server.core.pending import PendingOverlay
+from statekeeper_server.core.requests import RequestLog
+from statekeeper_server.core.requests import now_ms as now_ms  # the commits' clock, for features
 from statekeeper_server.core.shards import ShardMap, current_shard
 from statekeeper_server.core.views import ReadView, WriteView
-from statekeeper_server.domain.errors import InvalidArgument
 from statekeeper_server.domain.limits import Limits
 from statekeeper_server.domain.model import Event, EventKind, MachineType, NodeAddress
 from statekeeper_server.domain.transaction import Transaction
@@ -41,10 +41,6 @@ class ResponseCodec(Generic[M]):
         self.parse = parse
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def _unset(revision: int) -> tuple[PendingCommit | None, Any]:
     raise AssertionError("the intent's build is set before it is enqueued")
 
@@ -64,7 +60,6 @@ class Engine:
         self.store = store
         self.shards = shards or ShardMap()
         self.limits = limits
-        self.request_ttl_ms = request_ttl_ms
         self.catalog = TypeCatalog(store)
         # What the group being built has written so far (cleared when the next group starts:
         # by then the group is in the store).
@@ -85,6 +80,7 @@ class Engine:
             failpoints=failpoints,
             is_owned=self.shards.is_owned,
         )
+        self.requests = RequestLog(store, self.pending, request_ttl_ms, self.write_unversioned)
         self._sweeper: asyncio.Task[None] | None = None
 
     @property
@@ -95,17 +91,20 @@ class Engine:
     def next_revision(self) -> int:
         return self.committer.next_revision
 
-    async def start(self, sweep_interval_s: float = 60.0, sweep: bool = True) -> None:
+    async def start(self, sweep_interval_s: float = 1.0, sweep: bool = True) -> None:
+        """sweep: delete expired request ids (one server; not in cluster mode yet, where the
+        store is shared and request ids are per shard)."""
         self.committer.start()
         if sweep:
             self._sweeper = asyncio.get_running_loop().create_task(
-                self._sweep_loop(sweep_interval_s), name="sweeper"
+                self.requests.run(sweep_interval_s), name="request-sweeper"
             )
 
     async def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
         await self.committer.stop()
+        await self.requests.close()
 
     # -- the write path ----------------------------------------------------------------------
 
@@ -164,7 +163,7 @@ class Engine:
         def run(revision: int) -> tuple[PendingCommit | None, M]:
             if idempotent:
                 assert response_codec is not None
-                replay = self._replay(request_id, fingerprint)
+                replay = self.requests.replay(request_id, fingerprint)
                 if replay is not None:
                     intent.replayed = True
                     return None, response_codec.parse(replay)
@@ -176,7 +175,7 @@ class Engine:
             response = respond(result, revision)
             if idempotent:
                 assert response_codec is not None
-                self._record_request(
+                self.requests.record(
                     sealed, change.now_ms, request_id, fingerprint, response_codec.serialize(response)
                 )
             return sealed, response
@@ -198,6 +197,13 @@ class Engine:
     async def write_unversioned(self, mutations: list[Mutation], shard: int | None = None) -> None:
         """Durably write bookkeeping that is not a change of state (e.g. a consumer's
         acknowledgements): no revision, no event, same group commit and fsync."""
+        await asyncio.shield(self.enqueue_unversioned(mutations, shard))
+
+    def enqueue_unversioned(
+        self, mutations: list[Mutation], shard: int | None = None
+    ) -> asyncio.Future[None]:
+        """write_unversioned, queued at once (in call order with every other write); the future
+        resolves once the write is durable."""
 
         def run(revision: int) -> tuple[PendingCommit | None, None]:
             raw = self.pending.raw
@@ -207,41 +213,12 @@ class Engine:
 
         intent = Intent(run, versioned=False, shard=current_shard.get() if shard is None else shard)
         self.committer.enqueue(intent)
-        await asyncio.shield(intent.future)
+        future: asyncio.Future[None] = intent.future
+        return future
 
     async def settled(self) -> None:
         """Return once every write queued so far is answered (and so durable or refused)."""
         await self.committer.settled()
-
-    def _record_request(
-        self, sealed: PendingCommit, now: int, request_id: str, fingerprint: bytes, response: bytes
-    ) -> None:
-        expires = now + self.request_ttl_ms
-        key = request_id.encode()
-        record = codec.encode_request(fingerprint, response, expires, sealed.revision)
-        sealed.mutations.append((Keyspace.REQUESTS, key, record))
-        sealed.mutations.append((Keyspace.REQUEST_EXPIRY, keys.expiry_key(expires, request_id), b""))
-        # A retry built later in the same group finds the first outcome here.
-        self.pending.raw[(Keyspace.REQUESTS, key)] = (record, sealed.revision)
-
-    def _replay(self, request_id: str, fingerprint: bytes) -> bytes | None:
-        """The first outcome of request_id, from the group being built or the store (which holds
-        every group written so far; the answer waits until this group is durable)."""
-        key = request_id.encode()
-        entry = self.pending.raw.get((Keyspace.REQUESTS, key))
-        raw = entry[0] if entry is not None else self.store.get(Keyspace.REQUESTS, key)
-        if raw is None:
-            return None
-        stored_fp, response, expires, _ = codec.decode_request(raw)
-        if expires < now_ms():
-            return None
-        if stored_fp != fingerprint:
-            raise InvalidArgument(
-                "REQUEST_ID_REUSED",
-                f"request_id {request_id!r} was already used for a different request; use a new id",
-                field="request_id",
-            )
-        return response
 
     def _on_durable(self, group: list[PendingCommit]) -> None:
         for commit in group:
@@ -252,35 +229,6 @@ class Engine:
                 listener(group)
             except Exception:
                 log.exception("a durable listener failed (the commit is durable)")
-
-    # -- housekeeping ------------------------------------------------------------------------
-
-    async def _sweep_loop(self, interval_s: float) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                self.sweep_expired_requests()
-            except Exception:
-                log.exception("sweeping expired request ids failed; will retry")
-
-    def sweep_expired_requests(self, limit: int = 10_000) -> int:
-        """Delete request-id records past their expiry. Runs on the loop, so it never interleaves
-        with a commit; a record re-used since (new expiry) is left alone."""
-        now = now_ms()
-        batch = self.store.new_batch()
-        swept = 0
-        for key, _ in self.store.scan(Keyspace.REQUEST_EXPIRY, b"", keys.u64(now + 1)):
-            expires, request_id = keys.read_u64(key[:8]), key[8:]
-            raw = self.store.get(Keyspace.REQUESTS, request_id)
-            if raw is not None and codec.decode_request(raw)[2] == expires:
-                batch.delete(Keyspace.REQUESTS, request_id)
-            batch.delete(Keyspace.REQUEST_EXPIRY, key)
-            swept += 1
-            if swept >= limit:
-                break
-        if swept:
-            self.store.write(batch, sync=False)
-        return swept
 
 
 class Commit:

@@ -184,6 +184,7 @@ class EventKind(enum.IntEnum):
     TREE_SNAPSHOT_CREATED = 17
     TREE_RESTORED = 18
     TREE_SNAPSHOT_DELETED = 19
+    ENTITY_UPDATED = 20
 
 
 @dataclass(slots=True)

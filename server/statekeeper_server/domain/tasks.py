@@ -30,6 +30,7 @@ class TaskSettings:
     breaker_cooldown_ms: int = 30_000
     max_in_flight: int = 1_000
     timer_batch: int = 500
+    finished_retention_ms: int = 7 * 24 * 3600 * 1000  # completed, stale, discarded; 0: for ever
 
 
 def stale_reason(task: TaskRecord, node: NodeRecord | None) -> str:

@@ -34,6 +34,7 @@ class Keyspace(enum.Enum):
     TASKS_BY_NODE = "tasks_by_node"
     # tasks (executors): indexes kept by storage/indexes.py
     TIMERS = "timers"
+    TASKS_FINISHED = "tasks_finished"
     OUTBOUND_QUEUE = "outbound_queue"
     DEAD_LETTERS = "dead_letters"
     # events: durable consumers, and the (type, state) index for active listing
@@ -159,6 +160,11 @@ class Store(Protocol):
 
     def checkpoint(self, path: str) -> None:
         """A consistent copy of the whole store in a new folder."""
+        ...
+
+    def reclaim(self, keyspace: Keyspace, start: bytes | None, end: bytes | None) -> None:
+        """Give back the disk space of keys deleted in [start, end) (None: open-ended). Slow;
+        call it on a thread (housekeeping after large deletions)."""
         ...
 
     def close(self) -> None: ...

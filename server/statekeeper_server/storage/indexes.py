@@ -10,6 +10,8 @@ executor changing its status, a restore re-creating it) keeps the indexes consis
     TIMERS          deadline_ms (u64) + task key             pending timers, by deadline
     OUTBOUND_QUEUE  destination 0x00 available_ms + task key pending outbound tasks, in hand-out order
     DEAD_LETTERS    destination 0x00 task key                dead-lettered tasks (timers: empty destination)
+    TASKS_FINISHED  finished_ms (u64) + task key             completed, stale and discarded tasks, by the
+                                                             time they finished (their retention)
 
 All values are empty. Task keys are 12 bytes (keys.seq_key), so the task key is always the
 last 12 bytes of an index key. Destinations are names (no NUL), so destination 0x00 is a prefix.
@@ -44,6 +46,14 @@ def dead_letter_key(destination: str, task_key: bytes) -> bytes:
     return destination_prefix(destination) + task_key
 
 
+FINISHED = (TaskStatus.COMPLETED, TaskStatus.STALE, TaskStatus.DISCARDED)
+"""Statuses a task never leaves: kept for the task retention, then deleted."""
+
+
+def finished_key(finished_ms: int, task_key: bytes) -> bytes:
+    return keys.u64(max(0, finished_ms)) + task_key
+
+
 def task_key_of(index_key: bytes) -> bytes:
     """The task key at the end of any index key."""
     return index_key[-TASK_KEY_LENGTH:]
@@ -64,13 +74,18 @@ def _entries(task: TaskRecord, task_key: bytes) -> list[tuple[Keyspace, bytes]]:
     return []
 
 
-def task_index_mutations(task: TaskRecord, previous: TaskRecord | None = None) -> list[Mutation]:
-    """Mutations that make the indexes reflect `task` (replacing what `previous` indexed)."""
+def task_index_mutations(
+    task: TaskRecord, previous: TaskRecord | None = None, now_ms: int = 0
+) -> list[Mutation]:
+    """Mutations that make the indexes reflect `task` (replacing what `previous` indexed);
+    `now_ms`: the commit's time, when the task finishes in it."""
     task_key = keys.task_key(task.task_id)
     assert task_key is not None
     out: list[Mutation] = []
     if previous is None:
         out.append((Keyspace.TASKS_BY_NODE, keys.node_key(task.address) + task_key, b""))
+    if task.status in FINISHED and (previous is None or previous.status not in FINISHED):
+        out.append((Keyspace.TASKS_FINISHED, finished_key(now_ms, task_key), b""))
     new = _entries(task, task_key)
     old = _entries(previous, task_key) if previous is not None else []
     for keyspace, key in old:

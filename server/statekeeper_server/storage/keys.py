@@ -108,7 +108,9 @@ def node_index_key(type_name: str, terminal: bool, state: str, node: bytes) -> b
 #   RUNS              run 0x00                          -> run header (codec.encode_run)
 #                     run 0x00 0x01                     -> the run's entity ids
 #   RUN_ENTITIES      run 0x00 entity                   -> entity progress
-#   SAVEPOINT_PARTS   run 0x00 entity 0x00 upto(u64)    -> state bytes (upto 0: the initial state)
+#   SAVEPOINT_PARTS   run 0x00 entity 0x00 upto(u64)    -> state bytes (upto 0: the initial state,
+#                                                          upto 2^64-1: the current state set by
+#                                                          UpdateEntityStates)
 #   SAVEPOINTS        run 0x00 timestamp(u64)           -> savepoint header (codec.encode_savepoint)
 #   SAVEPOINT_STATES  run 0x00 timestamp(u64) entity    -> state bytes
 #   TREE_SNAPSHOTS    root 0x00 name                    -> snapshot header
@@ -137,6 +139,15 @@ def run_entity_key(run_id: str, entity_id: str) -> bytes:
 
 def savepoint_part_key(run_id: str, entity_id: str, upto: int) -> bytes:
     return run_key(run_id) + entity_id.encode() + b"\x00" + u64(upto)
+
+
+CURRENT_STATE_UPTO = 2**64 - 1
+"""The `upto` of an entity's current state (timestamps are int64: never a savepoint's)."""
+
+
+def entity_update_key(run_id: str, entity_id: str) -> bytes:
+    """Where an entity's current state (UpdateEntityStates) is kept until a run forgets it."""
+    return savepoint_part_key(run_id, entity_id, CURRENT_STATE_UPTO)
 
 
 def savepoint_key(run_id: str, timestamp: int) -> bytes:

@@ -147,16 +147,16 @@ class EventServicer:
             self.watches.pop(watch, None)
 
     def _consumer_pb(self, state: ConsumerState) -> pb.Consumer:
-        r = state.record
-        acked = r.floor[0] if r.floor[1] == 2**31 - 1 else r.floor[0] - 1
+        """A consumer as durable state has it (its position, and the deliveries in memory)."""
+        r, consumers = state.record, self.consumers
         return pb.Consumer(
             name=r.name,
             filter=filter_pb(r.filter),
             ack_wait_ms=r.ack_wait_ms,
             max_unacked=r.max_unacked,
-            acked_revision=max(acked, 0),
-            unacked_count=len(state.in_flight),
-            lag_revisions=max(0, self.hub.durable_revision - max(acked, 0)),
+            acked_revision=consumers.acked_revision(state),
+            unacked_count=consumers.unacked(state),
+            lag_revisions=consumers.lag(r.name),
             subscribers=len(state.subscribers),
             create_revision=r.create_revision,
         )
@@ -203,6 +203,9 @@ class EventServicer:
 
     async def GetConsumer(self, request: pb.GetConsumerRequest, context: Context) -> pb.GetConsumerResponse:
         check_name(request.name, "name", self.engine.limits)
+        self.consumers.get(request.name)
+        # A position moved past filtered-out commits is shown once it is durable.
+        await self.consumers.checkpoint([request.name])
         return pb.GetConsumerResponse(consumer=self._consumer_pb(self.consumers.get(request.name)))
 
     async def ListConsumers(
@@ -213,9 +216,9 @@ class EventServicer:
         names = [n for n in self.consumers.names() if token is None or n.encode() > token]
         page = names[:limit]
         next_token = convert.encode_token(page[-1].encode()) if len(names) > limit else ""
-        return pb.ListConsumersResponse(
-            consumers=[self._consumer_pb(self.consumers.get(n)) for n in page], next_page_token=next_token
-        )
+        await self.consumers.checkpoint(page)
+        shown = [self._consumer_pb(s) for n in page if (s := self.consumers.find(n)) is not None]
+        return pb.ListConsumersResponse(consumers=shown, next_page_token=next_token)
 
     async def DeleteConsumer(
         self, request: pb.DeleteConsumerRequest, context: Context

@@ -186,7 +186,7 @@ class SavepointServicer:
     async def UpdateEntityStates(
         self, request: pb.UpdateEntityStatesRequest, context: Context
     ) -> pb.UpdateEntityStatesResponse:
-        n = self.runs.update([(u.run_id, u.entity_id, u.state) for u in request.updates])
+        n = await self.runs.update([(u.run_id, u.entity_id, u.state) for u in request.updates])
         return pb.UpdateEntityStatesResponse(updated_count=n)
 
     async def AckProcessedTime(

@@ -1,6 +1,7 @@
-"""Event retention: keep what a durable consumer still needs, and beyond that the newest
-`keep_revisions` revisions and anything younger than `keep_age_s`; a hard cap bounds what
-consumers may hold back. Compaction runs in the background and never blocks commits."""
+"""Event retention: keep what a durable consumer still needs (by its durable position, which
+covers what its filter leaves out), and beyond that the newest `keep_revisions` revisions and
+anything younger than `keep_age_s`; a hard cap bounds what consumers may hold back. Compaction
+runs in the background and never blocks commits."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from statekeeper_server.domain.errors import DomainError
 from statekeeper_server.features.events.consumers import ConsumerManager
 from statekeeper_server.features.events.hub import EventHub
 from statekeeper_server.storage import keys
@@ -46,7 +48,11 @@ class EventCompactor:
         while True:
             await asyncio.sleep(self.policy.interval_s)
             try:
-                self.run_once()
+                await self.run_once()
+            except DomainError as e:  # the store failed (UNAVAILABLE): the server is stopping
+                log.warning("event compaction failed: %s", e.message)
+            except OSError as e:  # the store failed (e.g. the disk is full): the committer stops
+                log.warning("event compaction failed (%s); will retry", e)
             except Exception:
                 log.exception("event compaction failed; will retry")
 
@@ -67,7 +73,10 @@ class EventCompactor:
             keep_from = min(keep_from, needed)
         return min(keep_from, durable + 1)
 
-    def run_once(self) -> int:
+    async def run_once(self) -> int:
+        # Consumers' positions as they are durable, moved past what their filters leave out
+        # (a crash can never make needed again what is deleted here).
+        await self._consumers.checkpoint()
         removed = self._hub.compact(self.target())
         if removed:
             self._consumers.mark_behind(self._hub.oldest_revision)

@@ -4,11 +4,12 @@ Every write is one commit built synchronously by the committer (so it composes w
 commits of its group and writes nothing when it raises). Reads (load, list, get) use one durable
 view each, so a read sees one durable revision.
 
-The entity envelope (Runbox's Entity.update_state / ack_processed_time): a current state set by
-`update` lives in this process's memory only — like Runbox's in-process entity, an update
-persists nothing. An acknowledgement that reaches the entity's next savepoint saves the current
-state durably. Without a current state in memory (never updated, or the server restarted) an
-acknowledgement saves the entity's latest durably saved state, or its initial state.
+The entity envelope (Runbox's Entity.update_state / ack_processed_time): `update` commits an
+entity's current state (keys.entity_update_key), durable like any other write and cheap by group
+commit; it fills no savepoint. An acknowledgement that reaches the entity's next savepoint saves
+the current state, exactly the bytes last given, also after a restart. Without a current state
+(never updated, or forgotten when the run was deleted or rewound by UpdateSavepoint) an
+acknowledgement saves the entity's latest saved state, or its initial state.
 """
 
 from __future__ import annotations
@@ -122,8 +123,6 @@ class Runs:
         self.store = engine.store
         self.limits = engine.limits
         self.default_keep = max(1, default_keep)
-        # The envelope's current states: run id -> entity id -> state (memory only).
-        self.current: dict[str, dict[str, bytes]] = {}
 
     # -- reads: durable state only -------------------------------------------------------------
 
@@ -262,15 +261,13 @@ class Runs:
         fingerprint: bytes = b"",
         response_codec: ResponseCodec[M] | None = None,
     ) -> M:
-        out = await self.engine.commit(
+        return await self.engine.commit(
             lambda c: self._delete(c, run_id),
             respond,
             request_id=request_id,
             fingerprint=fingerprint,
             response_codec=response_codec,
         )
-        self.current.pop(run_id, None)
-        return out
 
     async def save(
         self,
@@ -292,27 +289,10 @@ class Runs:
             response_codec=response_codec,
         )
 
-    def update(self, updates: Sequence[tuple[str, str, bytes]]) -> int:
-        """Set entities' current states (memory only: nothing is written). All or nothing."""
+    async def update(self, updates: Sequence[tuple[str, str, bytes]]) -> int:
+        """Set entities' current states durably (one commit; all or nothing). Returns how many."""
         self._check_count(len(updates), "updates")
-        runs: set[str] = set()
-        for i, (run_id, entity_id, state) in enumerate(updates):
-            try:
-                field = f"updates[{i}]"
-                check_id(run_id, f"{field}.run_id", self.limits)
-                check_id(entity_id, f"{field}.entity_id", self.limits)
-                check_state(state, f"{field}.state", self.limits)
-                if run_id not in runs:
-                    if self.store.get(Keyspace.RUNS, keys.run_key(run_id)) is None:
-                        raise _run_not_found(run_id)
-                    runs.add(run_id)
-                if self.store.get(Keyspace.RUN_ENTITIES, keys.run_entity_key(run_id, entity_id)) is None:
-                    raise _unknown_entity(run_id, entity_id, f"{field}.entity_id")
-            except DomainError as e:
-                raise BatchOperationFailed(i, e) from e
-        for run_id, entity_id, state in updates:
-            self.current.setdefault(run_id, {})[entity_id] = state
-        return len(updates)
+        return await self.engine.commit(lambda c: self._update(c, updates), lambda n, revision: n)
 
     async def rewrite_savepoint(
         self,
@@ -328,15 +308,13 @@ class Runs:
     ) -> M:
         """Replace the states of a persisted savepoint (e.g. upgraded to a new schema version) and
         make it the run's resume point (see _rewrite)."""
-        out = await self.engine.commit(
+        return await self.engine.commit(
             lambda c: self._rewrite(c, run_id, timestamp, schema_version, entities),
             respond,
             request_id=request_id,
             fingerprint=fingerprint,
             response_codec=response_codec,
         )
-        self.current.pop(run_id, None)
-        return out
 
     def _check_count(self, n: int, field: str) -> None:
         if not n:
@@ -392,6 +370,27 @@ class Runs:
             ),
         )
         return header
+
+    def _update(self, c: Commit, updates: Sequence[tuple[str, str, bytes]]) -> int:
+        per_run: dict[str, int] = {}
+        for i, (run_id, entity_id, state) in enumerate(updates):
+            try:
+                field = f"updates[{i}]"
+                check_id(run_id, f"{field}.run_id", self.limits)
+                check_id(entity_id, f"{field}.entity_id", self.limits)
+                check_state(state, f"{field}.state", self.limits)
+                if run_id not in per_run:
+                    self._header(c, run_id)
+                    per_run[run_id] = 0
+                if c.get(Keyspace.RUN_ENTITIES, keys.run_entity_key(run_id, entity_id)) is None:
+                    raise _unknown_entity(run_id, entity_id, f"{field}.entity_id")
+            except DomainError as e:
+                raise BatchOperationFailed(i, e) from e
+            c.put(Keyspace.SAVEPOINT_PARTS, keys.entity_update_key(run_id, entity_id), state)
+            per_run[run_id] += 1
+        for run_id, n in per_run.items():
+            c.event(EventKind.ENTITY_UPDATED, detail=detail(run_id=run_id, updates=n))
+        return len(updates)
 
     def _header(self, c: Commit, run_id: str) -> RunHeader:
         raw = c.get(Keyspace.RUNS, keys.run_key(run_id))
@@ -459,10 +458,10 @@ class Runs:
         return SaveResult(filled, entity_next_savepoint(header, ep) or 0)
 
     def _current_state(self, c: Commit, run_id: str, entity_id: str, ep: EntityProgress) -> bytes:
-        """The envelope's current state, else the latest durably saved one, else the initial one."""
-        held = self.current.get(run_id)
-        if held is not None and entity_id in held:
-            return held[entity_id]
+        """The envelope's current state, else the latest saved one, else the initial one."""
+        current = c.get(Keyspace.SAVEPOINT_PARTS, keys.entity_update_key(run_id, entity_id))
+        if current is not None:
+            return current
         if ep.segments:
             raw = c.get(Keyspace.SAVEPOINT_PARTS, keys.savepoint_part_key(run_id, entity_id, ep.segments[-1]))
         elif ep.filled_through:
@@ -545,7 +544,7 @@ class Runs:
         ids = self._ids(c, rw)
         for entity_id in ids:
             ep = self._entity(c, rw, entity_id)
-            for upto in (0, *ep.segments):
+            for upto in (0, *ep.segments, keys.CURRENT_STATE_UPTO):
                 c.delete(Keyspace.SAVEPOINT_PARTS, keys.savepoint_part_key(run_id, entity_id, upto))
             c.delete(Keyspace.RUN_ENTITIES, keys.run_entity_key(run_id, entity_id))
         for t in rw.header.savepoints:
@@ -590,7 +589,8 @@ class Runs:
         new_ids = sorted(new)
         for entity_id in old_ids:
             ep = self._entity(c, rw, entity_id)
-            for upto in ep.segments:
+            # The run resumes from the savepoint: current states given before are forgotten.
+            for upto in (*ep.segments, keys.CURRENT_STATE_UPTO):
                 c.delete(Keyspace.SAVEPOINT_PARTS, keys.savepoint_part_key(run_id, entity_id, upto))
             if entity_id not in new:
                 c.delete(Keyspace.SAVEPOINT_PARTS, keys.savepoint_part_key(run_id, entity_id, 0))

@@ -14,6 +14,7 @@ from statekeeper_server.domain.model import EventKind, NodeAddress, TaskRecord, 
 from statekeeper_server.domain.tasks import TaskSettings, with_status
 from statekeeper_server.features.tasks.outbound import Lease, OutboundExecutor
 from statekeeper_server.features.tasks.records import require_task, task_key, write_task
+from statekeeper_server.features.tasks.retention import TaskRetention
 from statekeeper_server.features.tasks.timers import TimerExecutor
 from statekeeper_server.storage import codec, keys
 from statekeeper_server.storage.base import Keyspace
@@ -38,13 +39,19 @@ class TaskExecutors:
         self.settings = settings
         self.timers = TimerExecutor(engine, settings.timer_batch)
         self.outbound = OutboundExecutor(engine, settings)
+        self.retention = TaskRetention(engine, settings.finished_retention_ms)
 
-    def start(self) -> None:
+    def start(self, retention: bool = True) -> None:
+        """retention: delete finished tasks after their retention (one server; not in cluster
+        mode yet, where housekeeping outside the committer is not fenced)."""
         self.engine.durable_listeners.append(self._on_durable)
         self.timers.start()
         self.outbound.start()
+        if retention:
+            self.retention.start()
 
     async def stop(self) -> None:
+        await self.retention.stop()
         await self.outbound.stop()
         await self.timers.stop()
         if self._on_durable in self.engine.durable_listeners:

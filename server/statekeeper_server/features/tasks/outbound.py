@@ -33,6 +33,7 @@ from statekeeper_server.core.engine import Commit, Engine, ResponseCodec, now_ms
 from statekeeper_server.domain.errors import DomainError, FailedPrecondition, InvalidArgument
 from statekeeper_server.domain.model import EventKind, NodeRecord, TaskRecord, TaskStatus
 from statekeeper_server.domain.tasks import (
+    BreakerState,
     CircuitBreaker,
     TaskSettings,
     backoff_ms,
@@ -190,6 +191,21 @@ class OutboundExecutor:
             )
         return state
 
+    def _forget_if_idle(self, destination: str) -> None:
+        """Forget a destination nothing refers to whose state is as new (no streams, nothing
+        leased, breaker closed without failures): the names a stream asks for are the client's,
+        so keeping every one ever seen would grow without bound. A destination whose breaker
+        has counted failures is kept (its tasks come from machine types: few names)."""
+        state = self._destinations.get(destination)
+        if (
+            state is not None
+            and not state.streams
+            and state.in_flight == 0
+            and state.breaker.state is BreakerState.CLOSED
+            and state.breaker.failures == 0
+        ):
+            del self._destinations[destination]
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
@@ -220,7 +236,10 @@ class OutboundExecutor:
         finally:
             stream.closed = True
             for d in destinations:
-                self._state(d).streams.discard(stream)
+                state = self._destinations.get(d)
+                if state is not None:
+                    state.streams.discard(stream)
+                    self._forget_if_idle(d)
 
     async def _take(self, stream: LeaseStream) -> tuple[list[LeasedTask], int | None]:
         out: list[LeasedTask] = []
@@ -377,6 +396,7 @@ class OutboundExecutor:
             )
         self._end_lease(lease, requeued=True)
         self._state(lease.destination).breaker.released(task_id)
+        self._forget_if_idle(lease.destination)
 
     def _end_lease(self, lease: Lease, requeued: bool) -> None:
         if lease.ended:
@@ -586,6 +606,7 @@ class OutboundExecutor:
             self._end_lease(lease, requeued=False)
             breaker.succeeded(lease.task_id)
             self.stats.completed += 1
+        self._forget_if_idle(lease.destination)
 
     # -- expiry and stale drops ----------------------------------------------------------------
 
@@ -640,6 +661,7 @@ class OutboundExecutor:
             for lease in leases:
                 if id(lease) not in settled:
                     self._end_lease(lease, requeued=True)
+                    self._forget_if_idle(lease.destination)
 
         try:
             await self._settle(build, lambda r, rev: r, done)
@@ -669,8 +691,9 @@ class OutboundExecutor:
             if not durable:
                 for tkey, _ in batch.values():
                     raw = self.store.get(Keyspace.TASKS, tkey)
-                    if raw is not None:
-                        self._state(codec.decode_task(raw).destination).cursor = None
+                    state = self._destinations.get(codec.decode_task(raw).destination) if raw else None
+                    if state is not None:
+                        state.cursor = None
 
         try:
             await self._settle(build, lambda r, rev: r, done)

@@ -41,7 +41,7 @@ def write_task(c: Commit, new: TaskRecord, previous: TaskRecord) -> None:
     key = keys.task_key(new.task_id)
     assert key is not None
     c.put(Keyspace.TASKS, key, codec.encode_task(new))
-    for keyspace, index_key, value in task_index_mutations(new, previous):
+    for keyspace, index_key, value in task_index_mutations(new, previous, c.now_ms):
         if value is None:
             c.delete(keyspace, index_key)
         else:

@@ -46,6 +46,7 @@ KEYSPACE_IDS: dict[Keyspace, int] = {
     Keyspace.SAVEPOINT_PARTS: 18,
     Keyspace.SAVEPOINT_STATES: 19,
     Keyspace.TREE_SNAPSHOT_ITEMS: 20,
+    Keyspace.TASKS_FINISHED: 21,
 }
 
 CREATE = [

@@ -504,6 +504,9 @@ class PgStore:
             await self._write_rows(conn, batch)
         self._apply(batch, 0)
 
+    def reclaim(self, keyspace: Keyspace, start: bytes | None, end: bytes | None) -> None:
+        """Nothing to do: PostgreSQL's autovacuum returns the space of deleted rows."""
+
     def write_group(self, group: GroupWrite, done: Callable[[BaseException | None], None]) -> None:
         asyncio.get_running_loop().create_task(self._commit(group, done), name="pg-commit")
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import itertools
+import logging
 import os
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
@@ -17,6 +19,17 @@ from statekeeper_server.storage.base import GroupWrite, Keyspace, NotCached, Sto
 
 # Bump when the on-disk layout changes incompatibly; an older server refuses a newer store.
 FORMAT_VERSION = 1
+
+log = logging.getLogger("statekeeper.store")
+
+
+def _os_error(e: Exception) -> Exception:
+    """RocksDB reports I/O errors as text: a full disk becomes OSError(ENOSPC), so the
+    committer can say so plainly."""
+    text = str(e)
+    if "No space left on device" in text:
+        return OSError(errno.ENOSPC, text)
+    return e
 
 
 class RocksWriteBatch:
@@ -227,7 +240,13 @@ class RocksStore:
         assert isinstance(batch, RocksWriteBatch)
         if self._db is None:
             raise StoreError("the store is closed")
-        self._db.write(batch._batch, self._sync if sync else self._nosync)
+        try:
+            self._db.write(batch._batch, self._sync if sync else self._nosync)
+        except Exception as e:
+            error = _os_error(e)
+            if error is e:
+                raise
+            raise error from None
 
     def write_group(self, group: GroupWrite, done: Callable[[BaseException | None], None]) -> None:
         """Write the group unsynced (brief, on the loop), fsync the WAL on the sync thread (it
@@ -254,23 +273,45 @@ class RocksStore:
         db = self._db
         if db is None:
             raise StoreError("the store is closed")
-        db.flush_wal(True)
+        try:
+            db.flush_wal(True)
+        except Exception as e:
+            error = _os_error(e)
+            if error is e:
+                raise
+            raise error from None
 
     def checkpoint(self, path: str) -> None:
         if self._db is None:
             raise StoreError("the store is closed")
         rocksdict.Checkpoint(self._db).create_checkpoint(path)
 
+    def reclaim(self, keyspace: Keyspace, start: bytes | None, end: bytes | None) -> None:
+        # The deleted records also sit in WAL files, which RocksDB deletes only once every
+        # column family with data in them has flushed its memtable: flush them all (cheap when
+        # little is left, and it frees the memtables' memory), then compact the range (drops
+        # deleted keys and range tombstones). rocksdict releases the GIL meanwhile.
+        for family in list(self._cfs.values()):
+            family.flush(True)
+        cf = self._cfs.get(keyspace)
+        if cf is not None:
+            cf.compact_range(start, end)
+
     def close(self) -> None:
         if self._db is not None:
             # Snapshots and column family objects hold the database open too (and the LOCK file).
             self._view = SnapshotView({})
-            for cf in getattr(self, "_cfs", {}).values():
-                cf.close()
+            try:
+                for cf in getattr(self, "_cfs", {}).values():
+                    cf.close()
+                self._db.close()
+            except Exception as e:
+                # After a failed write (e.g. the disk is full) RocksDB refuses to flush on
+                # close; everything synced is in the WAL and recovered at the next open.
+                log.warning("closing the store: %s (synced writes are safe in the WAL)", e)
             # Clear (not replace) the dicts: write batches share the handles dict.
             self._cfs.clear()
             self._handles.clear()
-            self._db.close()
             self._db = None
         if hasattr(self, "_syncer"):
             self._syncer.shutdown(wait=True)

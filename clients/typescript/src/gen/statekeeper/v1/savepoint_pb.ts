@@ -1482,8 +1482,9 @@ export const SavepointService: GenService<{
     output: typeof SaveEntityStatesResponseSchema;
   },
   /**
-   * UpdateEntityStates sets entities' current states (Runbox's Entity.update_state). It
-   * persists nothing: the states are held in server memory until AckProcessedTime saves them.
+   * UpdateEntityStates sets entities' current states (Runbox's Entity.update_state), durably:
+   * answered once committed (one revision, an ENTITY_UPDATED event per run), kept across
+   * restarts. It fills no savepoint: AckProcessedTime saves the current state.
    *
    * @generated from rpc statekeeper.v1.SavepointService.UpdateEntityStates
    */
