@@ -122,6 +122,11 @@ def connection_error(
     is not about connecting. server_speaks_tls: what a direct TLS handshake found, if one was tried."""
     text = details.lower()
     flag = "(CLI: --tls-ca CA.pem, or --tls for the system's CAs)"
+    # A closed socket means a refused handshake only while connecting: a server that goes
+    # away in the middle of a call (killed, restarted) closes it too, and that is worth a retry.
+    closed = ("socket closed" in text or "connection reset" in text) and (
+        "failed to connect" in text or server_speaks_tls is not None
+    )
     cases: list[tuple[bool, str, str, str]] = [
         (
             "connection refused" in text,
@@ -154,22 +159,20 @@ def connection_error(
             "connect by a name the certificate lists, or set tls_server_name (CLI: --tls-server-name)",
         ),
         (
-            not tls
-            and server_speaks_tls is not False
-            and ("socket closed" in text or "connection reset" in text),
+            not tls and server_speaks_tls is not False and closed,
             "TLS_REQUIRED",
             "the server closed the connection at once"
             + (": it speaks TLS" if server_speaks_tls else ": it probably requires TLS"),
             f"connect with TLS: tls_ca=CA.pem or tls=True {flag}",
         ),
         (
-            tls and not client_cert and ("socket closed" in text or "connection reset" in text),
+            tls and not client_cert and closed,
             "CLIENT_CERTIFICATE_REQUIRED",
             "the server closed the connection after the TLS handshake: it requires a client certificate (mutual TLS)",
             "pass tls_cert and tls_key (CLI: --tls-cert, --tls-key) signed by the CA the server trusts",
         ),
         (
-            tls and client_cert and ("socket closed" in text or "connection reset" in text),
+            tls and client_cert and closed,
             "CLIENT_CERTIFICATE_REJECTED",
             "the server closed the connection after the TLS handshake: it rejected the client certificate",
             "use a certificate signed by the server's --tls-client-ca-file CA, valid now and made for client authentication",

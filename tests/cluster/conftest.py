@@ -12,7 +12,7 @@ import pytest
 from devtools.local_postgres import LocalPostgres
 from tests.support import ServerProcess
 
-LEASE_S = "1.5"
+LEASE_S = "2.5"  # short for fast failovers, long enough for a loaded 2-core machine
 SHARDS = "8"
 
 

@@ -507,3 +507,40 @@ def test_a_future_start_never_reports_progress_beyond_the_current_revision(serve
             call.cancel()
 
     arun(main())
+
+
+def test_an_sdk_watch_resumes_by_itself_across_a_kill_9_of_its_server(tmp_path: Path) -> None:
+    """Regression: a server killed in the middle of a stream closes the socket, and the SDK took
+    that for a plaintext client refused by a TLS server (TLS_REQUIRED, not retried): the watch
+    ended instead of resuming once the server was back."""
+    import asyncio
+
+    proc = ServerProcess(tmp_path / "data").start()
+    port = proc.address.rpartition(":")[2]
+    with sk.SyncClient.connect(proc.address) as c:
+        c.register_machine_type(ORDER)
+        c.create_root("order", "before")
+
+    async def main() -> list[str]:
+        seen: list[str] = []
+        async with await sk.Client.connect(proc.address) as client:
+            events = client.watch(start_revision=1, kinds=["node_created"])
+            async for ev in events:
+                seen.append(ev.ref.root_id if ev.ref else "")
+                if ev.ref and ev.ref.root_id == "before":
+                    proc.kill()
+                    # The same port again, so the client finds the server where it was.
+                    restarted = ServerProcess(tmp_path / "data", "--listen", f"127.0.0.1:{port}")
+                    await asyncio.to_thread(restarted.start)
+                    proc.proc = restarted.proc
+                    async with await sk.Client.connect(proc.address) as writer:
+                        await writer.create_root("order", "after")
+                if ev.ref and ev.ref.root_id == "after":
+                    break
+            await events.aclose()
+        return seen
+
+    try:
+        assert asyncio.run(asyncio.wait_for(main(), 60)) == ["before", "after"]
+    finally:
+        proc.kill()

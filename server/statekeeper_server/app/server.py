@@ -24,6 +24,7 @@ from statekeeper_server.cluster.events import EventTail
 from statekeeper_server.cluster.membership import Membership
 from statekeeper_server.core.engine import Engine
 from statekeeper_server.core.shards import ShardMap
+from statekeeper_server.domain.errors import DomainError
 from statekeeper_server.entrypoints.grpc.admin import AdminServicer, ClusterMember, ServerFacts
 from statekeeper_server.entrypoints.grpc.auth import AuthInterceptor, Permission
 from statekeeper_server.entrypoints.grpc.events import EventServicer
@@ -87,6 +88,7 @@ class StatekeeperServer:
         self.cluster: PgStore | None = self.store if isinstance(self.store, PgStore) else None
         self.shards = ShardMap(self.cluster.shard_count if self.cluster is not None else 1)
         self.membership: Membership | None = None
+        self._adopting: asyncio.Task[None] | None = None
         self.server_id = uuid.uuid4().hex[:12]
         self.routing: ClusterRouting | None = None
         if self.cluster is not None:
@@ -167,7 +169,11 @@ class StatekeeperServer:
         else:
             self.engine.durable_listeners.append(self.events.on_durable)
         self.consumers = ConsumerManager(
-            self.store, self.events, self.engine.enqueue_unversioned, load=self.cluster is None
+            self.store,
+            self.events,
+            lambda mutations, shard: self.engine.enqueue_unversioned(mutations, shard),
+            load=self.cluster is None,
+            shard_of=self.shards.of,
         )
         if self.cluster is None:
             # Idle consumers follow the durable top past commits they do not match (in a
@@ -299,6 +305,24 @@ class StatekeeperServer:
                 json.dump({"address": self.address, "pid": os.getpid(), **extra}, f)
             os.replace(tmp, cfg.ready_file)
 
+    async def _adopt_consumers(self, shards: set[int]) -> None:
+        """Serve the durable consumers of shards this server just took."""
+        attempt = 0
+        while True:
+            try:
+                items = await self.store.durable().scan(
+                    Keyspace.CONSUMERS, b"", None, limit=10_000_000, shards=sorted(shards)
+                )
+                break
+            except DomainError as e:  # the store is unavailable: try again while they are ours
+                log.warning("loading the consumers of shards %s failed: %s", sorted(shards), e.message)
+                if not any(self.shards.is_owned(s) for s in shards):
+                    return
+                await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+                attempt += 1
+        owned = [(k, v) for k, v in items if self.shards.is_owned(self.shards.of(_consumer_name(k)))]
+        self.consumers.adopt(owned, shards)
+
     def _peers(self) -> list[str]:
         """The addresses of the other live servers of the cluster."""
         if self.membership is None:
@@ -317,6 +341,12 @@ class StatekeeperServer:
         def gained(shards: set[int]) -> None:
             self.tasks.timers.wake()
             self.tasks.outbound.wake_all()
+            self.consumers.loading(shards)
+            loop = asyncio.get_running_loop()
+            self._adopting = loop.create_task(self._adopt_consumers(shards), name="adopt-consumers")
+
+        def lost(shards: set[int]) -> None:
+            self.consumers.forget(self.consumers.shard_names(shards))
 
         self.membership = Membership(
             self.cluster,
@@ -324,6 +354,7 @@ class StatekeeperServer:
             self.shards,
             self.config.lease_s,
             on_gained=gained,
+            on_lost=lost,
             drain=self.engine.settled,
         )
         await self.membership.start()
@@ -438,6 +469,11 @@ async def serve(config: Config) -> int:
         await asyncio.sleep(FATAL_DRAIN_S)
     await server.stop(grace)
     return exit_code
+
+
+def _consumer_name(key: bytes) -> str:
+    """The consumer a CONSUMERS key belongs to (its record: the name; an ack: name 0x00 ...)."""
+    return key.partition(b"\x00")[0].decode()
 
 
 def _safe_dsn(dsn: str) -> str:

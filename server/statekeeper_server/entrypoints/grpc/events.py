@@ -17,8 +17,10 @@ from statekeeper_server.domain.model import Event, EventKind, NodeAddress
 from statekeeper_server.domain.validation import check_address, check_name, check_page_size
 from statekeeper_server.entrypoints.grpc import convert
 from statekeeper_server.features import listings
-from statekeeper_server.features.events.consumers import ConsumerManager, ConsumerState
+from statekeeper_server.features.events.consumers import ConsumerManager, ConsumerState, covered_revision
 from statekeeper_server.features.events.hub import EventHub
+from statekeeper_server.storage import codec
+from statekeeper_server.storage.base import Keyspace
 
 Context = Any
 
@@ -213,12 +215,50 @@ class EventServicer:
     ) -> pb.ListConsumersResponse:
         limit = check_page_size(request.page_size, self.engine.limits)
         token = convert.decode_token(request.page_token)
+        if self.engine.shards.count > 1:
+            return await self._list_cluster_consumers(token, limit)
         names = [n for n in self.consumers.names() if token is None or n.encode() > token]
         page = names[:limit]
         next_token = convert.encode_token(page[-1].encode()) if len(names) > limit else ""
         await self.consumers.checkpoint(page)
         shown = [self._consumer_pb(s) for n in page if (s := self.consumers.find(n)) is not None]
         return pb.ListConsumersResponse(consumers=shown, next_page_token=next_token)
+
+    async def _list_cluster_consumers(self, token: bytes | None, limit: int) -> pb.ListConsumersResponse:
+        """Cluster mode: every server's consumers, from the store; those this server owns with
+        their deliveries in memory, the others as stored (position; unacked and subscribers are
+        known to their owner: GetConsumer asks it)."""
+        view = self.engine.reads.view()
+        start = token + b"\x01" if token is not None else b""
+        found: list[tuple[bytes, bytes]] = []
+        while len(found) <= limit:
+            rows = await view.scan(Keyspace.CONSUMERS, start, None, limit=4 * limit + 64)
+            found += [(k, v) for k, v in rows if b"\x00" not in k]
+            if len(rows) < 4 * limit + 64:
+                break
+            start = rows[-1][0] + b"\x00"
+        page = found[:limit]
+        shown = []
+        for key, raw in page:
+            state = self.consumers.find(key.decode())
+            shown.append(self._consumer_pb(state) if state is not None else self._stored_consumer_pb(raw))
+        more = len(found) > limit
+        return pb.ListConsumersResponse(
+            consumers=shown, next_page_token=convert.encode_token(page[-1][0]) if more else ""
+        )
+
+    def _stored_consumer_pb(self, raw: bytes) -> pb.Consumer:
+        name, flt, ack_wait_ms, max_unacked, floor, _, create_revision = codec.decode_consumer(raw)
+        acked = covered_revision(floor)
+        return pb.Consumer(
+            name=name,
+            filter=filter_pb(flt),
+            ack_wait_ms=ack_wait_ms,
+            max_unacked=max_unacked,
+            acked_revision=acked,
+            lag_revisions=max(0, self.hub.durable_revision - acked),
+            create_revision=create_revision,
+        )
 
     async def DeleteConsumer(
         self, request: pb.DeleteConsumerRequest, context: Context

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from statekeeper_server.core.committer import PendingCommit
-from statekeeper_server.domain.errors import AlreadyExists, DomainError, NotFound, OutOfRange
+from statekeeper_server.domain.errors import AlreadyExists, DomainError, NotFound, OutOfRange, Unavailable
 from statekeeper_server.domain.events import EventFilter, EventPosition
 from statekeeper_server.domain.model import Event
 from statekeeper_server.features.events.hub import EventHub
@@ -47,7 +47,8 @@ CHECKPOINT_S = 1.0
 
 Mutation = tuple[Keyspace, bytes, bytes | None]
 # Queues a durable write at once (in call order with every other write); resolves once durable.
-Persist = Callable[[list[Mutation]], asyncio.Future[None]]
+Persist = Callable[[list[Mutation], int], asyncio.Future[None]]
+"""Queue a durable write of these mutations for a shard (engine.enqueue_unversioned)."""
 
 
 def before(p: EventPosition) -> EventPosition:
@@ -121,7 +122,7 @@ class ConsumerState:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     turn: int = 0
-    error: OutOfRange | None = None
+    error: DomainError | None = None
     deleting: bool = False
     blocked: bool = False  # no subscriber, and next_pos is an event it matches
 
@@ -138,20 +139,36 @@ class _Snapshot:
 
 
 class ConsumerManager:
-    def __init__(self, store: Store, hub: EventHub, persist: Persist, load: bool = True) -> None:
+    def __init__(
+        self,
+        store: Store,
+        hub: EventHub,
+        persist: Persist,
+        load: bool = True,
+        shard_of: Callable[[str], int] = lambda name: 0,
+    ) -> None:
         """load: read every consumer from the store now (one server; in cluster mode each
-        server loads the consumers of the shards it takes, with `adopt`)."""
+        server loads the consumers of the shards it takes, with `adopt`, and `forget`s those
+        of the shards it gives up). shard_of: a consumer's shard (by its name)."""
         self._store = store
         self._hub = hub
         self._persist = persist
+        self._shard_of = shard_of
+        self._loading: set[int] = set()  # shards whose consumers are being loaded (cluster)
         self._states: dict[str, ConsumerState] = {}
         self._creating: set[str] = set()
         self._checkpointer: asyncio.Task[None] | None = None
         if load:
             self.adopt(store.scan(Keyspace.CONSUMERS))
 
-    def adopt(self, items: Iterable[tuple[bytes, bytes]]) -> None:
-        """Serve these consumers (their stored keys and values) from now on."""
+    def loading(self, shards: Collection[int]) -> None:
+        """These shards' consumers are being loaded: calls for them wait (are refused)."""
+        self._loading |= set(shards)
+
+    def adopt(self, items: Iterable[tuple[bytes, bytes]], shards: Collection[int] = ()) -> None:
+        """Serve these consumers (their stored keys and values) from now on; the shards they
+        were loaded for are served from now on."""
+        self._loading -= set(shards)
         acks: dict[str, set[EventPosition]] = {}
         adopted: list[ConsumerState] = []
         for key, raw in items:
@@ -178,6 +195,28 @@ class ConsumerManager:
         if self._checkpointer is not None:  # started already: catch up at once
             for state in adopted:
                 self._ensure_scanning(state)
+
+    def forget(self, names: Collection[str]) -> None:
+        """Stop serving these consumers (cluster mode: their shard moved to another server).
+        Their subscribers' streams end; the clients subscribe again, at the new owner."""
+        for name in names:
+            state = self._states.pop(name, None)
+            if state is None:
+                continue
+            state.error = Unavailable(
+                "NOT_SHARD_OWNER",
+                f"consumer {name!r} moved to another server; subscribe again (any server forwards)",
+                consumer=name,
+            )
+            for sub in state.subscribers:
+                sub.closed = True
+                sub.queue.put_nowait(None)
+            if state.task is not None:
+                state.task.cancel()
+
+    def shard_names(self, shards: Collection[int]) -> list[str]:
+        wanted = set(shards)
+        return [n for n in self._states if self._shard_of(n) in wanted]
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -214,9 +253,18 @@ class ConsumerManager:
 
     # -- management --------------------------------------------------------------------------
 
+    def _check_loaded(self, name: str) -> None:
+        if self._loading and self._shard_of(name) in self._loading:
+            raise Unavailable(
+                "SHARD_LOADING",
+                f"consumer {name!r}: this server took its shard a moment ago and is loading it; retry",
+                consumer=name,
+            )
+
     async def create(
         self, name: str, event_filter: EventFilter, start: EventPosition, ack_wait_ms: int, max_unacked: int
     ) -> ConsumerState:
+        self._check_loaded(name)
         if name in self._states or name in self._creating:
             raise AlreadyExists("CONSUMER_EXISTS", f"consumer {name!r} exists already", consumer=name)
         self._hub.check_start(start[0])
@@ -229,10 +277,16 @@ class ConsumerManager:
         mutations: list[Mutation] = [(Keyspace.CONSUMERS, name.encode(), record.encode(floor))]
         # No acks of an earlier consumer of that name may apply to this one.
         prefix = name.encode() + b"\x00"
-        for key, _ in self._store.scan(Keyspace.CONSUMERS, prefix, name.encode() + b"\x01"):
-            mutations.append((Keyspace.CONSUMERS, key, None))
         self._creating.add(name)
-        write = self._persist(mutations)
+        try:
+            stale = await self._store.durable().scan(
+                Keyspace.CONSUMERS, prefix, name.encode() + b"\x01", limit=1_000_000
+            )
+        except BaseException:
+            self._creating.discard(name)
+            raise
+        mutations += [(Keyspace.CONSUMERS, key, None) for key, _ in stale]
+        write = self._persist(mutations, self._shard_of(name))
 
         def created(f: asyncio.Future[None]) -> None:
             # By the write's fate, also when the caller went away meanwhile.
@@ -248,6 +302,7 @@ class ConsumerManager:
     def get(self, name: str) -> ConsumerState:
         state = self._states.get(name)
         if state is None:
+            self._check_loaded(name)
             raise NotFound("CONSUMER_NOT_FOUND", f"consumer {name!r} does not exist", consumer=name)
         return state
 
@@ -269,7 +324,7 @@ class ConsumerManager:
         state.deleting = True
         mutations: list[Mutation] = [(Keyspace.CONSUMERS, name.encode(), None)]
         mutations += [(Keyspace.CONSUMERS, ack_key(name, p), None) for p in state.ack_keys]
-        write = self._persist(mutations)
+        write = self._persist(mutations, self._shard_of(name))
 
         def deleted(f: asyncio.Future[None]) -> None:
             if f.cancelled() or f.exception() is not None:
@@ -381,9 +436,9 @@ class ConsumerManager:
         state.ack_keys |= snap.deleted_keys
 
     async def _write(self, snapshots: list[_Snapshot], mutations: list[Mutation]) -> None:
-        """Write, and settle the snapshots by the write's fate (also when the caller goes away:
-        the write stays queued)."""
-        write = self._persist(mutations)
+        """Write (the snapshots are of consumers of one shard), and settle the snapshots by the
+        write's fate (also when the caller goes away: the write stays queued)."""
+        write = self._persist(mutations, self._shard_of(snapshots[0].state.record.name))
 
         def settle(f: asyncio.Future[None]) -> None:
             durable = not f.cancelled() and f.exception() is None
@@ -398,14 +453,17 @@ class ConsumerManager:
         is shown and what the compactor uses is durable. One write for all of them."""
         found = self._states.get
         states = self._states.values() if names is None else [s for n in names if (s := found(n))]
-        mutations: list[Mutation] = []
-        snapshots = [
-            snap
-            for state in states
-            if not state.deleting and (snap := self._snapshot(state, mutations)) is not None
-        ]
-        if snapshots:
-            await self._write(snapshots, mutations)
+        by_shard: dict[int, tuple[list[_Snapshot], list[Mutation]]] = {}
+        for state in states:
+            if state.deleting:
+                continue
+            snapshots, mutations = by_shard.setdefault(self._shard_of(state.record.name), ([], []))
+            snap = self._snapshot(state, mutations)
+            if snap is not None:
+                snapshots.append(snap)
+        for snapshots, mutations in by_shard.values():  # one write per shard
+            if snapshots:
+                await self._write(snapshots, mutations)
 
     # -- acknowledgements --------------------------------------------------------------------
 
