@@ -66,7 +66,6 @@ def _deserializer(
     return deserialize
 
 
-
 async def abort(context: grpc.aio.ServicerContext[Any, Any], error: DomainError) -> None:
     code, message, details = rich_status(error)
     await context.abort(code, message, trailing_metadata=(("grpc-status-details-bin", details),))
