@@ -15,7 +15,9 @@ It samples the server's resident memory (VmRSS) every 0.2 s and reports, per sce
 RSS over the run, unary calls answered OK / RESOURCE_EXHAUSTED / other, the p99 latency of each
 kind, and the writer's p50 / p99.
 
-Scenarios: `default` (default limits: nothing should be refused, calls and the writer must stay
+Scenarios: `ceiling` (the same waves against a bare grpc.aio server: what a burst of 2,000 calls
+costs on this machine with no work at all), `calm` (statekeeper, the same calls and writer, no
+stalled streams: the reference), `default` (default limits: nothing should be refused, calls and the writer must stay
 fast), `shed` (--max-concurrent-rpcs 300 and the rpc.delay failpoint at 0.3 s, so calls pile
 up: the excess must be refused at once). Writes bench-results/overload.json.
 """
@@ -78,14 +80,19 @@ async def _stall(address: str, streams: int) -> dict[str, Any]:
     return {}
 
 
-async def _unary(address: str, concurrency: int, seconds: float, roots: int) -> dict[str, Any]:
-    """Waves of `concurrency` GetNode calls launched together, for `seconds`."""
+async def _unary(address: str, concurrency: int, seconds: float, roots: int, echo: bool) -> dict[str, Any]:
+    """Waves of `concurrency` GetNode calls launched together, for `seconds` (echo: the bare
+    server's Unary method instead, with a GetNode-sized answer)."""
     import grpc
 
+    from bench import echo as bare
     from statekeeper.v1 import common_pb2, node_pb2
 
+    method = bare.UNARY if echo else "/statekeeper.v1.NodeService/GetNode"
     requests = [
-        node_pb2.GetNodeRequest(node=common_pb2.NodeRef(root_id=f"r{i}")).SerializeToString()
+        bare.unary_request(16, 120)
+        if echo
+        else node_pb2.GetNodeRequest(node=common_pb2.NodeRef(root_id=f"r{i}")).SerializeToString()
         for i in range(min(roots, concurrency))
     ]
     # A few connections, as a fleet of callers would have (one connection caps its streams).
@@ -93,7 +100,7 @@ async def _unary(address: str, concurrency: int, seconds: float, roots: int) -> 
         grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(8)
     ]
     await asyncio.gather(*(ch.channel_ready() for ch in channels))
-    stubs: list[Any] = [ch.unary_unary("/statekeeper.v1.NodeService/GetNode") for ch in channels]
+    stubs: list[Any] = [ch.unary_unary(method) for ch in channels]
     latencies: dict[str, list[float]] = {}
     clock = time.perf_counter
     end = clock() + seconds
@@ -158,7 +165,7 @@ def _role_main(args: argparse.Namespace) -> None:
     if args.role == "stall":
         result = asyncio.run(_stall(args.address, args.streams))
     elif args.role == "unary":
-        result = asyncio.run(_unary(args.address, args.calls, args.seconds, args.roots))
+        result = asyncio.run(_unary(args.address, args.calls, args.seconds, args.roots, args.echo))
     else:
         result = asyncio.run(_writer(args.address, args.seconds))
     print(json.dumps(result), flush=True)
@@ -167,10 +174,10 @@ def _role_main(args: argparse.Namespace) -> None:
 # -- the driver --------------------------------------------------------------------------------
 
 
-def _spawn(role: str, address: str, args: argparse.Namespace) -> subprocess.Popen[str]:
+def _spawn(role: str, address: str, args: argparse.Namespace, echo: bool = False) -> subprocess.Popen[str]:
     argv = [sys.executable, "-m", "bench.overload", "--role", role, "--address", address]
     argv += ["--streams", str(args.streams), "--calls", str(args.calls), "--seconds", str(args.seconds)]
-    argv += ["--roots", str(args.roots)]
+    argv += ["--roots", str(args.roots), *(["--echo"] if echo else [])]
     return subprocess.Popen(
         argv,
         stdin=subprocess.PIPE,
@@ -243,6 +250,27 @@ class _RssSampler:
         return max((mb for _, mb in self.samples), default=0)
 
 
+def run_ceiling(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The same waves against the bare grpc.aio server (bench/echo.py): what answering a burst
+    of that many calls costs this machine at all, with no work per call."""
+    (work / "ceiling").mkdir()
+    server = servers.echo(work / "ceiling").start()
+    try:
+        with _RssSampler(server.pid) as rss:
+            unary = _result(
+                _spawn("unary", server.address, args, echo=True), args.seconds + 2 * DEADLINE_S + 60
+            )
+    finally:
+        server.stop()
+    return {
+        "scenario": "ceiling",
+        "calls": args.calls,
+        "seconds": args.seconds,
+        "rss_peak_mb": rss.peak_mb,
+        "unary": unary,
+    }
+
+
 def run_scenario(name: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     data = work / name / "data"
     data.parent.mkdir(parents=True)
@@ -297,7 +325,12 @@ def run_scenario(name: str, args: argparse.Namespace, work: Path) -> dict[str, A
 
 
 def _print(result: dict[str, Any]) -> None:
-    u, w = result["unary"], result["writer"]
+    u = result["unary"]
+    if result["scenario"] == "ceiling":
+        print(f"== ceiling (bare grpc.aio server, {result['calls']} calls a wave)")
+        print(f"  {u['waves']} waves: p50 {u['p50_ms']['OK']:.1f} ms, p99 {u['p99_ms']['OK']:.1f} ms")
+        return
+    w = result["writer"]
     flags = " ".join(result["server_args"]) or "default limits"
     print(f"== {result['scenario']} ({flags}; {result['streams']} stalled Watch streams)")
     print(
@@ -320,7 +353,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--scenario", choices=[*SCENARIOS, "all"], default="all")
+    parser.add_argument("--scenario", choices=["ceiling", *SCENARIOS, "all"], default="all")
     parser.add_argument("--streams", type=int, default=200, help="stalled Watch streams")
     parser.add_argument("--calls", type=int, default=2000, help="unary calls per wave")
     parser.add_argument("--events", type=int, default=20_000, help="events of history")
@@ -336,16 +369,19 @@ def main() -> None:
     parser.add_argument("--server-arg", dest="server_args", action="append", default=[])
     parser.add_argument("--out", default=str(servers.REPO / "bench-results" / "overload.json"))
     parser.add_argument("--role", choices=["stall", "unary", "writer"], help=argparse.SUPPRESS)
+    parser.add_argument("--echo", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role:
         _role_main(args)
         return
-    names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    names = ["ceiling", *SCENARIOS] if args.scenario == "all" else [args.scenario]
     results = []
     with tempfile.TemporaryDirectory(prefix="sk-overload-") as tmp:
         for name in names:
-            result = run_scenario(name, args, Path(tmp))
+            result = (
+                run_ceiling(args, Path(tmp)) if name == "ceiling" else run_scenario(name, args, Path(tmp))
+            )
             _print(result)
             results.append(result)
     out = Path(args.out)
