@@ -355,16 +355,25 @@ def test_expired_lease_is_redelivered(
 def test_heartbeats_keep_a_lease(task_server: ServerProcess, c: sk.SyncClient, job: str, uid: str) -> None:
     c.create_root(job, uid)
     c.transition(uid, "dispatch")
+    lease_s = 1.0
 
     async def body(client: sk.Client) -> None:
-        leases = Leases(client, dest(job), lease_s=0.3)
+        leases = Leases(client, dest(job), lease_s=lease_s)
         leased = await leases.next()
         await leases.close()
-        for _ in range(8):  # 0.8 s, well past the 0.3 s lease
-            await asyncio.sleep(0.1)
+        # Beat for 2.5 leases: without the beats the lease would have expired twice over. A beat
+        # every fifth of the lease tolerates a call 0.8 s slow on a loaded machine (a 0.3 s
+        # lease beaten every 0.1 s expired whenever one call took 0.2 s).
+        until = time.monotonic() + 2.5 * lease_s
+        beats = 0
+        while time.monotonic() < until:
+            await asyncio.sleep(lease_s / 5)
             beat = await client.heartbeat_task(leased)
             assert not beat.stale and beat.lease_expires_ms > time.time() * 1000
+            beats += 1
+        assert beats >= 5
         result = await client.complete_task(leased)
+        # attempts 1: the lease never expired (an expiry counts as a failed attempt).
         assert result.task.status == "completed" and result.task.attempts == 1 and result.node_state == ""
 
     run(task_server.address, body)

@@ -91,7 +91,7 @@ _HELP = {
     "fsync": "fsync every commit group before answering (true/false); false: a power loss or OS crash can lose acknowledged writes",
     "request_ttl_s": "seconds a request_id's outcome is kept for retries",
     "max_message_bytes": "largest gRPC message accepted or sent, in bytes",
-    "max_concurrent_rpcs": "calls in flight beyond this are refused with RESOURCE_EXHAUSTED",
+    "max_concurrent_rpcs": "calls in flight beyond this are refused with RESOURCE_EXHAUSTED (open streams count under --max-subscribers instead)",
     "shutdown_grace_s": "seconds in-flight calls get to finish on SIGTERM/SIGINT",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "log_format": "json, text, or auto (json unless stderr is a terminal)",

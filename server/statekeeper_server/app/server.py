@@ -162,6 +162,8 @@ class StatekeeperServer:
         # The event stream: the hub learns of every durable commit (one server) or reads every
         # server's commits from the shared store (cluster); consumers persist positions.
         self.events = EventHub(self.store, self.engine.durable_revision)
+        # Streams yield most of the loop to calls while any are in flight (lane.py).
+        self.events.lane.contended = lambda: self.limit.in_flight > 0
         self.tail: EventTail | None = None
         if self.cluster is not None:
             self.tail = EventTail(self.cluster, self.events, self.engine.catalog)

@@ -158,8 +158,9 @@ class Store(Protocol):
         """Load what a build missed (cluster mode)."""
         ...
 
-    def checkpoint(self, path: str) -> None:
-        """A consistent copy of the whole store in a new folder."""
+    def checkpoint(self, path: str) -> int:
+        """A consistent copy of the whole store in a new folder; returns the revision the copy
+        holds. May run on a thread while the loop writes."""
         ...
 
     def reclaim(self, keyspace: Keyspace, start: bytes | None, end: bytes | None) -> None:

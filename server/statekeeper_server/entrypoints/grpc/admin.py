@@ -1,15 +1,22 @@
 """AdminService: online backups of the whole store, and the server's facts (GetServerInfo).
 
 A backup is a RocksDB checkpoint: a consistent copy of every column family (files hard-linked
-where the file system allows). It is taken on the event loop, where every store write happens,
-so it holds exactly the revision that was durable at the call: every acknowledged write.
-Restore: copy the backup folder and start a server with --data-dir pointing at the copy.
+where the file system allows). It is taken on a thread, so the server goes on answering (a
+checkpoint flushes the memtables first: up to seconds). Commits go on meanwhile: the copy holds
+every group written when RocksDB took it, which can include the group whose fsync is still
+under way. So the revision reported is the one read from the copy itself, and the call answers
+only once that revision is durable in the live store too: the backup holds every write
+acknowledged before the call, and nothing that the server could still lose. Restore: copy the
+backup folder and start a server with --data-dir pointing at the copy.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +31,7 @@ from statekeeper_server.storage.base import BackupNotSupported
 Context = Any
 log = logging.getLogger("statekeeper.admin")
 
+DURABLE_WAIT_S = 30.0
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 _MAX_NAME = 128
 
@@ -56,6 +64,20 @@ class AdminServicer:
         self.engine = engine
         self.backup_dir = backup_dir
         self.facts = facts or ServerFacts()
+        self._running: set[str] = set()  # names of backups being taken
+
+    async def _durable(self, revision: int, path: Path) -> None:
+        """Wait until `revision` (held by the copy) is durable in the live store: its fsync was
+        under way when the copy was taken. If that fsync fails the server stops (fail-stop) and
+        the copy, which may hold a write no caller was told of, is removed."""
+        deadline = time.monotonic() + DURABLE_WAIT_S
+        while self.engine.durable_revision < revision:
+            failed = self.engine.committer.failed
+            if failed is not None or time.monotonic() > deadline:
+                await asyncio.to_thread(shutil.rmtree, path, True)
+                why = f"the store failed: {failed}" if failed else f"revision {revision} not durable in time"
+                raise Unavailable("BACKUP_FAILED", f"the backup to {str(path)!r} failed: {why}")
+            await asyncio.sleep(0.001)
 
     async def GetServerInfo(
         self, request: pb.GetServerInfoRequest, context: Context
@@ -90,13 +112,11 @@ class AdminServicer:
                 f"name must be 1 to {_MAX_NAME} letters, digits, '_', '-' or '.', starting with a letter or digit",
                 field="name",
             )
-        # No await from here to the checkpoint: no commit can land in between.
-        revision = self.engine.durable_revision
         created = now_ms()
-        name = name or f"backup-{revision}-{created}"
+        name = name or f"backup-{self.engine.durable_revision}-{created}"
         root = Path(self.backup_dir).absolute()
         path = root / name
-        if path.exists():
+        if path.exists() or name in self._running:
             raise AlreadyExists("BACKUP_EXISTS", f"the backup {str(path)!r} exists already", name=name)
         if not getattr(self.engine.store, "supports_backup", True):
             # Before anything is created: the cluster store's backups are PostgreSQL's own.
@@ -104,13 +124,20 @@ class AdminServicer:
                 self.engine.store.checkpoint(str(path))
             except BackupNotSupported as e:
                 raise FailedPrecondition("BACKUP_NOT_SUPPORTED", str(e)) from e
+        self._running.add(name)
         try:
-            root.mkdir(parents=True, exist_ok=True)
-            self.engine.store.checkpoint(str(path))
-        except Exception as e:
-            log.error("backup to %s failed: %s", path, e)
-            raise Unavailable("BACKUP_FAILED", f"the backup to {str(path)!r} failed: {e}") from e
-        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+                revision = await asyncio.to_thread(self.engine.store.checkpoint, str(path))
+            except Exception as e:
+                log.error("backup to %s failed: %s", path, e)
+                raise Unavailable("BACKUP_FAILED", f"the backup to {str(path)!r} failed: {e}") from e
+            await self._durable(revision, path)
+            size = await asyncio.to_thread(
+                lambda: sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            )
+        finally:
+            self._running.discard(name)
         log.info("backup %s written to %s (revision %d, %d bytes)", name, path, revision, size)
         return pb.CreateBackupResponse(
             name=name, path=str(path), revision=revision, size_bytes=size, create_time_ms=created

@@ -19,6 +19,7 @@ from statekeeper_server.entrypoints.grpc import convert
 from statekeeper_server.features import listings
 from statekeeper_server.features.events.consumers import ConsumerManager, ConsumerState, covered_revision
 from statekeeper_server.features.events.hub import EventHub
+from statekeeper_server.features.events.lane import SLICE_EVENTS
 from statekeeper_server.storage import codec
 from statekeeper_server.storage.base import Keyspace
 
@@ -32,6 +33,30 @@ HEARTBEAT_S = 1.0
 DEFAULT_SCAN_LIMIT = 50_000
 MAX_SCAN_LIMIT = 1_000_000
 _EVENTS_TOKEN = struct.Struct(">QI8s")  # continue before (revision, index); the listing's digest
+MAX_STREAM_MESSAGE_BYTES = 128 * 1024
+"""A Watch or Subscribe message stops growing at this size (or at its event count). A stream
+encodes its next message only once the transport has taken the previous one (gRPC completes a
+send once HTTP/2 flow control let it out), so a stream holds at most one such message: a client
+that stops reading costs the server this much, not its backlog."""
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _message_field(tag: int, payload: bytes) -> bytes:
+    """A length-delimited field (`tag` is field number << 3 | 2) of protobuf's wire format: a
+    message built from encoded parts is the concatenation of its fields."""
+    return bytes((tag,)) + _varint(len(payload)) + payload
+
+
+_EVENTS_FIELD = 1 << 3 | 2  # WatchResponse.events, SubscribeResponse.deliveries
+_PROGRESS_FIELD = 2 << 3  # WatchResponse.progress_revision (varint)
 
 
 def event_pb(e: Event) -> pb.Event:
@@ -104,7 +129,9 @@ class EventServicer:
         watching = max((durable - seen for seen in list(self.watches.values())), default=0)
         return max(watching, self.consumers.max_subscribed_lag(), 0)
 
-    async def Watch(self, request: pb.WatchRequest, context: Context) -> AsyncIterator[pb.WatchResponse]:
+    async def Watch(
+        self, request: pb.WatchRequest, context: Context
+    ) -> AsyncIterator[pb.WatchResponse | bytes]:
         flt = event_filter(request.filter, self.engine)
         if (
             request.start_revision < 0
@@ -128,21 +155,40 @@ class EventServicer:
             # event arrives before a disconnect.
             yield pb.WatchResponse(progress_revision=min(seen, hub.durable_revision))
             while True:
-                events = await hub.read(cursor, batch)
-                if events:
-                    last = events[-1]
-                    cursor = (last.revision, last.index + 1)
-                    matching = [event_pb(e) for e in events if flt.matches(e)]
-                    # A short read reached the durable top; a full one may have stopped mid-revision.
-                    seen = hub.durable_revision if len(events) < batch else last.revision - 1
-                    if matching:
-                        yield pb.WatchResponse(
-                            events=matching, progress_revision=min(seen, hub.durable_revision)
-                        )
-                    self.watches[watch] = seen
-                    continue
-                seen = max(seen, hub.durable_revision)
+                # Build one message a slice at a time, through the stream lane; send it (the
+                # yield returns once the transport took it), then build the next.
+                parts: list[bytes] = []
+                size = 0
+                while len(parts) < batch and size < MAX_STREAM_MESSAGE_BYTES:
+                    want = min(SLICE_EVENTS, batch - len(parts))
+                    events, top = await hub.read_upto(cursor, want)
+                    done = 0
+                    async with hub.lane.turn():
+                        for e in events:
+                            done += 1
+                            cursor = (e.revision, e.index + 1)
+                            if flt.matches(e):
+                                part = _message_field(_EVENTS_FIELD, event_pb(e).SerializeToString())
+                                parts.append(part)
+                                size += len(part)
+                                if size >= MAX_STREAM_MESSAGE_BYTES:
+                                    break
+                    if done == len(events) < want:
+                        # A short read, all of it taken: every event up to `top` was seen.
+                        seen = max(seen, top)
+                        break
+                    # Stopped at or within a revision: only the ones before it are complete.
+                    seen = max(seen, events[done - 1].revision - 1)
                 self.watches[watch] = seen
+                if parts:
+                    progress = min(seen, hub.durable_revision)
+                    if progress > 0:
+                        parts.append(bytes((_PROGRESS_FIELD,)) + _varint(progress))
+                    message = b"".join(parts)
+                    del parts
+                    yield message
+                    continue
+                # Nothing matched up to the durable top: wait for more (or send progress).
                 if not await hub.wait(seen, progress_s):
                     yield pb.WatchResponse(progress_revision=min(seen, hub.durable_revision))
         finally:
@@ -269,9 +315,10 @@ class EventServicer:
 
     async def Subscribe(
         self, request: pb.SubscribeRequest, context: Context
-    ) -> AsyncIterator[pb.SubscribeResponse]:
+    ) -> AsyncIterator[pb.SubscribeResponse | bytes]:
         check_name(request.consumer, "consumer", self.engine.limits)
         state, sub = self.consumers.subscribe(request.consumer)
+        lane = self.hub.lane
         try:
             while True:
                 try:
@@ -281,20 +328,34 @@ class EventServicer:
                     # every idle second returns a dead subscriber's deliveries promptly.
                     yield pb.SubscribeResponse()
                     continue
-                items = [item]
-                while not sub.queue.empty() and len(items) < DEFAULT_BATCH:
-                    items.append(sub.queue.get_nowait())
+                # Encode what is queued into one message, a slice at a time through the stream
+                # lane; the next message is built once the transport took this one.
+                parts: list[bytes] = []
+                size = 0
+                ended = item is None
+                while item is not None:
+                    async with lane.turn():
+                        for _ in range(SLICE_EVENTS):
+                            event, count = item
+                            delivery = pb.Delivery(event=event_pb(event), delivery_count=count)
+                            part = _message_field(_EVENTS_FIELD, delivery.SerializeToString())
+                            parts.append(part)
+                            size += len(part)
+                            full = len(parts) >= DEFAULT_BATCH or size >= MAX_STREAM_MESSAGE_BYTES
+                            if full or sub.queue.empty():
+                                item = None
+                            else:
+                                item = sub.queue.get_nowait()
+                                ended = item is None
+                            if item is None:
+                                break
                 if state.redeliver:
                     state.wake.set()  # this subscriber drained its queue: it can take redeliveries
-                deliveries = [
-                    pb.Delivery(event=event_pb(e), delivery_count=n)
-                    for i in items
-                    if i is not None
-                    for e, n in [i]
-                ]
-                if deliveries:
-                    yield pb.SubscribeResponse(deliveries=deliveries)
-                if None in items:
+                if parts:
+                    message = b"".join(parts)
+                    del parts
+                    yield message
+                if ended:
                     if state.error is not None:
                         raise state.error
                     return  # the consumer was deleted

@@ -42,10 +42,22 @@ class _Malformed:
         self.error = error
 
 
-def _deserializer(cls: type[Message]) -> Callable[[bytes], Message | _Malformed]:
+class _Shed:
+    """The request of a call that arrived over the concurrency limit: not parsed at all."""
+
+
+_SHED = _Shed()
+
+
+def _deserializer(
+    cls: type[Message], limit: ConcurrencyLimit | None
+) -> Callable[[bytes], Message | _Malformed | _Shed]:
     parse = cls.FromString
 
-    def deserialize(raw: bytes) -> Message | _Malformed:
+    def deserialize(raw: bytes) -> Message | _Malformed | _Shed:
+        # gRPC parses the request before the handler runs: a call to be refused costs no parse.
+        if limit is not None and limit.in_flight >= limit.limit:
+            return _SHED
         try:
             return parse(raw)
         except Exception as e:  # DecodeError, invalid UTF-8 in a string field, ...
@@ -73,7 +85,14 @@ def _code_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
 class ConcurrencyLimit:
     """At most `limit` calls in flight; more are refused at once with RESOURCE_EXHAUSTED
     (reason TOO_MANY_CONCURRENT_RPCS, metadata limit=max_concurrent_rpcs), so overload sheds
-    load instead of queueing without bound. Health and reflection are not counted.
+    load instead of queueing without bound. Health and reflection are not counted; a long-lived
+    stream (Watch, Subscribe, LeaseTasks) is counted only until it is admitted, then under
+    StreamLimit, so open streams never crowd out unary calls.
+
+    A refusal costs no work: the request is not parsed, the status is encoded once. It is
+    prompt only while the event loop is: stream work goes through the stream lane
+    (features/events/lane.py), so thousands of calls are refused within milliseconds even
+    while hundreds of streams catch up on history (before, they waited 20 s for the loop).
 
     The server counts calls itself because grpc.aio's own maximum_concurrent_rpcs (grpcio
     1.75) lets its bound drift: every refused call also lowers its in-flight count, so each
@@ -89,8 +108,22 @@ class ConcurrencyLimit:
         self.refused = 0
         self._reported = 0
         self._last_report = 0.0
+        code, message, details = rich_status(self._error())
+        self._status = (code, message, (("grpc-status-details-bin", details),))
+
+    def _error(self) -> ResourceExhausted:
+        return ResourceExhausted(
+            "TOO_MANY_CONCURRENT_RPCS",
+            f"the server has {self.limit} calls in flight, its limit; retry with backoff",
+            limit="max_concurrent_rpcs",
+            max_concurrent_rpcs=self.limit,
+        )
 
     def refusal(self) -> ResourceExhausted:
+        self._count_refusal()
+        return self._error()
+
+    def _count_refusal(self) -> None:
         self.refused += 1
         now = time.monotonic()
         if now - self._last_report >= 10.0:  # one warning per 10 s, not one per refusal
@@ -100,12 +133,11 @@ class ConcurrencyLimit:
                 self.limit,
             )
             self._reported, self._last_report = self.refused, now
-        return ResourceExhausted(
-            "TOO_MANY_CONCURRENT_RPCS",
-            f"the server has {self.limit} calls in flight, its limit; retry with backoff",
-            limit="max_concurrent_rpcs",
-            max_concurrent_rpcs=self.limit,
-        )
+
+    async def refuse(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self._count_refusal()
+        code, message, trailers = self._status
+        await context.abort(code, message, trailing_metadata=trailers)
 
 
 class StreamLimit:
@@ -223,7 +255,7 @@ def generic_handler(
         impl = getattr(servicer, method.name)
         request_cls = message_factory.GetMessageClass(method.input_type)
         full_name = f"/{descriptor.full_name}/{method.name}"
-        deserialize = _deserializer(request_cls)
+        deserialize = _deserializer(request_cls, limit)
         has_request_id = "request_id" in method.input_type.fields_by_name
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
@@ -283,11 +315,18 @@ class ClusterRouting:
 
 
 class _CallState:
-    __slots__ = ("error", "forward")
+    __slots__ = ("error", "forward", "limit")
 
     def __init__(self) -> None:
         self.error: DomainError | None = None
         self.forward: int | None = None  # the shard to forward the call to
+        self.limit: ConcurrencyLimit | None = None  # set while the call counts as in flight
+
+    def uncount(self) -> None:
+        """Stop counting the call in flight (a long-lived stream, once admitted)."""
+        if self.limit is not None:
+            self.limit.in_flight -= 1
+            self.limit = None
 
 
 @contextlib.asynccontextmanager
@@ -306,7 +345,7 @@ async def _call(
     log context, the in-flight count, malformed requests refused, the durable barrier, domain
     errors turned into rich statuses, and the observers and log told how it ended."""
     started = time.perf_counter()
-    if limit is not None and limit.in_flight >= limit.limit:
+    if limit is not None and (request is _SHED or limit.in_flight >= limit.limit):
         await _shed(context, limit, name, started, observers)
     rid = current_request_id.set(_request_id(request, context, has_request_id))
     method = current_method.set(name)
@@ -314,6 +353,7 @@ async def _call(
     failure: BaseException | None = None
     if limit is not None:
         limit.in_flight += 1
+        call.limit = limit
     try:
         if limit is not None and limit.delay_s:
             await asyncio.sleep(limit.delay_s)
@@ -333,8 +373,7 @@ async def _call(
         failure = e
         raise
     finally:
-        if limit is not None:
-            limit.in_flight -= 1
+        call.uncount()
         _finish(name, context, started, call.error, failure, observers)
         if reset_context:
             # Streams skip this: an async generator may resume in another context, and the
@@ -405,6 +444,8 @@ def _wrap_stream(
                         await abort(context, call.error)
                     streams.open += 1
                     counted = True
+                    # Admitted as a long-lived stream: it holds a subscriber slot, not a call slot.
+                    call.uncount()
                 # aclosing: the servicer's own cleanup (unsubscribe, release) runs as soon as the
                 # call ends, not whenever the garbage collector finalises the generator.
                 async with contextlib.aclosing(impl(request, context)) as items:
@@ -429,4 +470,4 @@ async def _shed(
     elapsed = time.perf_counter() - started
     for observe in observers:
         observe(name, "RESOURCE_EXHAUSTED", elapsed)
-    await abort(context, limit.refusal())
+    await limit.refuse(context)

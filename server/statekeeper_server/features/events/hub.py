@@ -3,7 +3,8 @@
 Events reach readers from a bounded in-memory window of the newest durable events, or from
 the store when a reader is further behind (a lagging reader catches up from storage; memory
 is bounded by the window, not by the number or slowness of readers). Readers never hold up a
-commit: the committer only appends to the window and wakes them.
+commit: the committer only appends to the window and wakes them. Storage reads go a slice at a
+time through the stream lane (lane.py), so streams catching up never hold the event loop.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from statekeeper_server.core.committer import PendingCommit
 from statekeeper_server.domain.errors import OutOfRange
 from statekeeper_server.domain.model import Event
+from statekeeper_server.features.events.lane import SLICE_EVENTS, StreamLane
 from statekeeper_server.storage import codec, keys
 from statekeeper_server.storage.base import Keyspace, Store
 
@@ -34,6 +36,7 @@ class EventHub:
         self._events: list[Event] = []
         self._positions: list[Position] = []
         self._waiter: asyncio.Future[None] | None = None
+        self.lane = StreamLane()
         raw = store.get(Keyspace.META, META_COMPACTED)
         # Events with a revision below this are gone.
         self.oldest_revision = (keys.read_u64(raw) if raw is not None else 0) + 1
@@ -90,19 +93,36 @@ class EventHub:
 
     async def read(self, start: Position, limit: int) -> list[Event]:
         """Up to limit durable events at or after start, in order."""
+        events, _ = await self.read_upto(start, limit)
+        return events
+
+    async def read_upto(self, start: Position, limit: int) -> tuple[list[Event], int]:
+        """Up to limit durable events at or after start, in order, and the durable revision the
+        read went up to: fewer than limit events means every event up to it was read."""
         positions = self._positions
+        top = self.durable_revision
         if positions and start >= positions[0]:
             i = bisect.bisect_left(positions, start)
-            return self._events[i : i + limit]
+            return self._events[i : i + limit], top
         if start[0] < self.oldest_revision:
             self.check_start(start[0])
-        end = keys.seq_key(self.durable_revision + 1, 0)
-        found = await self._store.durable().scan(Keyspace.EVENTS, keys.seq_key(*start), end, limit=limit)
-        out = []
-        for key, raw in found:
-            revision, index = keys.seq_key_parts(key)
-            out.append(codec.decode_event(revision, index, raw))
-        return out
+        # One view for the whole read (taken with `top`, no await between): every slice comes
+        # from the same moment.
+        view = self._store.durable()
+        end = keys.seq_key(top + 1, 0)
+        seek = keys.seq_key(*start)
+        out: list[Event] = []
+        while len(out) < limit:
+            want = min(SLICE_EVENTS, limit - len(out))
+            async with self.lane.turn():
+                found = await view.scan(Keyspace.EVENTS, seek, end, limit=want)
+                for key, raw in found:
+                    revision, index = keys.seq_key_parts(key)
+                    out.append(codec.decode_event(revision, index, raw))
+            if len(found) < want:
+                break
+            seek = found[-1][0] + b"\x00"
+        return out, top
 
     # -- retention ---------------------------------------------------------------------------
 

@@ -622,7 +622,7 @@ class PgStore:
     def publish_durable(self) -> None:
         """Committed rows are what every reader sees: nothing to publish."""
 
-    def checkpoint(self, path: str) -> None:
+    def checkpoint(self, path: str) -> int:
         raise BackupNotSupported(
             "backups of a cluster store are PostgreSQL's own (pg_dump, pg_basebackup, "
             "point-in-time recovery): see docs/operations.md"
