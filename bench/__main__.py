@@ -20,7 +20,8 @@ from bench.sections import SECTIONS
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="scripts/bench",
-        description="Benchmark statekeeper against this machine's own ceilings; medians, ratios, JSON, chart.",
+        description="Benchmark statekeeper against this machine's own ceilings and PostgreSQL doing the "
+        "same work; medians, ratios, targets, JSON, chart.",
     )
     parser.add_argument("--smoke", action="store_true", help="tiny counts: every section in a few seconds")
     parser.add_argument("--out", default="bench-results", help="folder for bench.json and bench.png")
@@ -29,7 +30,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default="",
         help="comma-separated section keys to run (default: all: "
         + ",".join(str(m.KEY) for m in SECTIONS)
-        + "); ratios need their ceiling's section",
+        + "); ratios need their ceiling's and reference's sections (p: PostgreSQL)",
     )
     parser.add_argument("--runs", type=int, help="runs per figure (median taken)")
     parser.add_argument("--seconds", type=float, help="length of one run")

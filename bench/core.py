@@ -29,7 +29,10 @@ class Params:
     batch_sizes: tuple[int, ...] = (100, 1000)
     raw_batch_sizes: tuple[int, ...] = (1, 100, 1000)
     data_bytes: int = 32  # node data size
-    event_bytes: int = 120  # streamed message size for the stream ceiling
+    event_bytes: int = 120  # streamed message size for the stream ceiling; PostgreSQL event payload
+    replay_events: int = 100_000  # events replayed in (e) and by the PostgreSQL reference
+    later_events: int = 1_000_000  # events after them, for the replay on a big log
+    load_ops: int = 1_000  # transitions per ExecuteBatch when loading the replay store
 
     @staticmethod
     def smoke() -> Params:
@@ -43,6 +46,9 @@ class Params:
             unary_callers=(1, 8),
             batch_sizes=(10, 100),
             raw_batch_sizes=(1, 10, 100),
+            replay_events=1_000,
+            later_events=10_000,
+            load_ops=100,
         )
 
 
@@ -55,6 +61,7 @@ class Figure:
     unit: str
     runs: list[float] = field(default_factory=list)
     ceiling: str = ""  # "section.figure" this one is a fraction of
+    reference: str = ""  # "section.figure" of the PostgreSQL reference doing the same work
     higher_is_better: bool = True
     note: str = ""
 
@@ -62,6 +69,8 @@ class Figure:
         out: dict[str, Any] = {"label": self.label, "value": self.value, "unit": self.unit, "runs": self.runs}
         if self.ceiling:
             out["ceiling"] = self.ceiling
+        if self.reference:
+            out["reference"] = self.reference
         if not self.higher_is_better:
             out["higher_is_better"] = False
         if self.note:

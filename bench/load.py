@@ -121,10 +121,14 @@ class _Worker:
         seconds: float,
         warmup: float,
         ops_per_call: int = 1,
+        cpu_pid: int = 0,
     ) -> dict[str, Any]:
         """`concurrency` callers, each calling back-to-back, cycling through requests. Throughput
-        counts completions inside the measured window; latency is of calls started inside it."""
+        counts completions inside the measured window; latency is of calls started inside it.
+        With cpu_pid, also that server process's CPU inside the window per operation."""
         import grpc
+
+        from bench import cpu
 
         call = self._channel(address).unary_unary(method)
         await call(requests[0], timeout=60)  # connect outside the measurement
@@ -157,15 +161,25 @@ class _Worker:
                         latencies.append(t1 - t0)
                 i += concurrency
 
+        sampler = (
+            asyncio.ensure_future(cpu.during(start, end, lambda: cpu.process_seconds(cpu_pid)))
+            if cpu_pid
+            else None
+        )
         await asyncio.gather(*(caller(k) for k in range(concurrency)))
         if errors:
+            if sampler is not None:
+                sampler.cancel()
             raise RuntimeError(f"{len(errors)} calls failed, first: {errors[0]}")
-        return {
+        out = {
             "calls_per_s": done / seconds,
             "ops_per_s": done * ops_per_call / seconds,
             "calls": done,
             **_percentiles(latencies),
         }
+        if sampler is not None:
+            out["server_cpu_us"] = await sampler / max(1, done * ops_per_call) * 1e6
+        return out
 
     async def stream(
         self, address: str, method: str, request: bytes, seconds: float, warmup: float
@@ -194,11 +208,13 @@ class _Worker:
         warmup: float,
         latency: bool,
         unary: dict[str, Any] | None = None,
+        limit: int = 0,
     ) -> dict[str, Any]:
         """One Watch stream (parsed: statekeeper.v1.WatchResponse). With latency, each event's
         delivery time minus its commit time (time_ms, same clock), while `unary` load (the
         arguments of unary()) runs alongside; without, it reads the backlog as fast as it comes
-        and stops once caught up (the first message without events after some with)."""
+        and stops once caught up (the first message without events after some with) or once
+        `limit` events (when given) have arrived."""
         from statekeeper.v1 import event_pb2
 
         parse = event_pb2.WatchResponse.FromString
@@ -224,6 +240,8 @@ class _Worker:
                         continue
                     received += len(events)
                     last = now
+                    if limit and received >= limit:
+                        return
                 elif now >= start and events:
                     received += len(events)
                     wall_ms = time.time() * 1000
@@ -315,6 +333,75 @@ class _Worker:
         seconds = time.perf_counter() - started
         nodes = trees * tree_size
         return {"seconds": seconds, "nodes": nodes, "nodes_per_s": nodes / seconds}
+
+    async def sdk_transitions(
+        self,
+        address: str,
+        picks: list[tuple[int, str]],
+        tree_size: int,
+        concurrency: int,
+        seconds: float,
+        warmup: float,
+    ) -> dict[str, Any]:
+        """`concurrency` tasks calling the SDK's `await client.transition(ref, name)` back-to-back
+        on one sk.Client (one channel), cycling through the picks; counted as in unary()."""
+        import statekeeper as sk
+        from bench import workload
+
+        work = [(sk.Ref.parse(workload.node_text(i, tree_size)), f"to_{to}") for i, to in picks]
+        latencies: list[float] = []
+        done = 0
+        n = len(work)
+        clock = time.perf_counter
+        async with await sk.Client.connect(address) as client:
+            await client.transition(*work[0])  # connect outside the measurement
+            start = clock() + warmup
+            end = start + seconds
+
+            async def caller(k: int) -> None:
+                nonlocal done
+                i = k
+                while True:
+                    t0 = clock()
+                    if t0 >= end:
+                        return
+                    await client.transition(*work[i % n])
+                    t1 = clock()
+                    if start <= t1 <= end:
+                        done += 1
+                        if t0 >= start:
+                            latencies.append(t1 - t0)
+                    i += concurrency
+
+            await asyncio.gather(*(caller(k) for k in range(concurrency)))
+        return {"calls_per_s": done / seconds, "calls": done, **_percentiles(latencies)}
+
+    # -- the PostgreSQL reference (bench/pg_load.py) ------------------------------------------
+
+    async def pg_setup(self, dsn: str, ids: list[str], data: list[bytes]) -> dict[str, Any]:
+        from bench import pg_load
+
+        return await pg_load.setup(dsn, ids, data)
+
+    async def pg_cas(self, **kwargs: Any) -> dict[str, Any]:
+        from bench import pg_load
+
+        return await pg_load.cas(**kwargs)
+
+    async def pg_cas_batch(self, **kwargs: Any) -> dict[str, Any]:
+        from bench import pg_load
+
+        return await pg_load.cas_batch(**kwargs)
+
+    async def pg_fill_replay(self, **kwargs: Any) -> dict[str, Any]:
+        from bench import pg_load
+
+        return await pg_load.fill_replay(**kwargs)
+
+    async def pg_replay(self, **kwargs: Any) -> dict[str, Any]:
+        from bench import pg_load
+
+        return await pg_load.replay(**kwargs)
 
     async def register(self, address: str, machine_types: list[Any]) -> dict[str, Any]:
         import statekeeper as sk

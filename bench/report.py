@@ -57,49 +57,69 @@ def machine() -> dict[str, Any]:
 
 
 def ratio(ctx: Context, figure: Figure) -> float | None:
-    if not figure.ceiling:
-        return None
-    ceiling = ctx.figure(figure.ceiling)
-    if ceiling is None or not ceiling.value:
-        return None
-    return figure.value / ceiling.value
+    """The figure as a fraction of its ceiling (None: no ceiling, or it was not measured)."""
+    return _over(ctx, figure, figure.ceiling)
 
 
-# -- targets (issue 6), evaluated on the run's medians ------------------------------------
+def reference_ratio(ctx: Context, figure: Figure) -> float | None:
+    """The figure as a multiple of its PostgreSQL reference (None: none, or not measured)."""
+    return _over(ctx, figure, figure.reference)
+
+
+def _over(ctx: Context, figure: Figure, ref: str) -> float | None:
+    if not ref:
+        return None
+    other = ctx.figure(ref)
+    if other is None or not other.value:
+        return None
+    return figure.value / other.value
+
+
+# -- targets (issue 13, and issue 6's that it does not replace), on the run's medians ------
 
 
 @dataclass
 class Target:
+    issue: int
     text: str
-    value: Callable[[Context, Params], float | None]  # None: not measured
+    value: Callable[[Context], float | None]  # None: not measured
     bound: float
     at_most: bool = False  # value <= bound, else value >= bound
     unit: str = ""
 
 
-def _fig(ref: str) -> Callable[[Context, Params], float | None]:
-    def get(ctx: Context, p: Params) -> float | None:
-        f = ctx.figure(ref.format(hi=p.unary_callers[-1], lo=p.unary_callers[0]))
+def _fig(ref: str) -> Callable[[Context], float | None]:
+    def get(ctx: Context) -> float | None:
+        f = ctx.figure(ref)
         return f.value if f else None
 
     return get
 
 
-def _ratio(ref: str) -> Callable[[Context, Params], float | None]:
-    def get(ctx: Context, p: Params) -> float | None:
-        f = ctx.figure(ref.format(hi=p.unary_callers[-1], lo=p.unary_callers[0]))
-        return ratio(ctx, f) if f else None
+def _ratio(
+    ref: str, to: Callable[[Context, Figure], float | None] = ratio
+) -> Callable[[Context], float | None]:
+    def get(ctx: Context) -> float | None:
+        f = ctx.figure(ref)
+        return to(ctx, f) if f else None
 
     return get
 
 
-def _best_batch(ctx: Context, p: Params) -> float | None:
-    values = [f.value for n in p.batch_sizes if (f := ctx.figure(f"d.batch_{n}"))]
-    return max(values) if values else None
+def _vs_pg(ref: str) -> Callable[[Context], float | None]:
+    return _ratio(ref, reference_ratio)
 
 
-def _worst_ratio(prefixes: list[str]) -> Callable[[Context, Params], float | None]:
-    def get(ctx: Context, p: Params) -> float | None:
+def _best_batch(sizes: tuple[int, ...]) -> Callable[[Context], float | None]:
+    def get(ctx: Context) -> float | None:
+        values = [f.value for n in sizes if (f := ctx.figure(f"d.batch_{n}"))]
+        return max(values) if values else None
+
+    return get
+
+
+def _worst_ratio(prefixes: list[str]) -> Callable[[Context], float | None]:
+    def get(ctx: Context) -> float | None:
         section = ctx.sections.get("f")
         if section is None:
             return None
@@ -115,30 +135,85 @@ def _worst_ratio(prefixes: list[str]) -> Callable[[Context, Params], float | Non
     return get
 
 
-def _worst_rss(ctx: Context, p: Params) -> float | None:
+def _worst_rss(ctx: Context) -> float | None:
     values = [f.value for n in ("f.rss_big_mb", "f.rss_big_after_load_mb") if (f := ctx.figure(n))]
     return max(values) if values else None
 
 
-TARGETS = [
-    Target("(c) at 64 callers ≥ 0.8 x bare unary (a)", _ratio("c.unary_{hi}"), 0.8, unit="x"),
-    Target("(c) p99 at 1 caller ≤ 10 ms", _fig("c.unary_{lo}_p99_ms"), 10, at_most=True, unit="ms"),
-    Target("(d) ≥ 50,000 durable transitions/s", _best_batch, 50_000, unit="/s"),
-    Target("(e) ≥ 100,000 events/s to one subscriber", _fig("e.backlog"), 100_000, unit="/s"),
-    Target("(e) commit-to-delivery p99 ≤ 20 ms", _fig("e.delivery_p99_ms"), 20, at_most=True, unit="ms"),
-    Target("(f) ready ≤ 2 s with 1M nodes", _fig("f.ready_big_s"), 2, at_most=True, unit="s"),
-    Target("(f) ≤ 300 MB resident with 1M nodes", _worst_rss, 300, at_most=True, unit="MB"),
-    Target("(f) (c) at 1M within 20 % of 10k", _worst_ratio(["unary_"]), 0.8, unit="x"),
-    Target("(f) (d) at 1M within 20 % of 10k", _worst_ratio(["batch_"]), 0.8, unit="x"),
-]
+def target_list(p: Params) -> list[Target]:
+    """The targets, with this run's parameters (the full run: 1 and 64 callers, 100 and 1,000
+    per batch, 100,000 events replayed with 1,000,000 later)."""
+    lo, hi = p.unary_callers[0], p.unary_callers[-1]
+    batches = [
+        Target(
+            13,
+            f"(d) ExecuteBatch of {n:,}, {p.batch_callers} in flight ≥ 1.0 x PostgreSQL (p)",
+            _vs_pg(f"d.batch_{n}"),
+            1.0,
+            unit="x",
+        )
+        for n in p.batch_sizes
+    ]
+    return [
+        *batches,
+        Target(
+            13,
+            f"(c) SDK transition(), {hi} concurrent ≥ 1.0 x PostgreSQL CAS, {hi} conns",
+            _vs_pg(f"c.sdk_{hi}"),
+            1.0,
+            unit="x",
+        ),
+        Target(
+            13,
+            f"(c) ApplyTransition (plain gRPC), {hi} callers ≥ 0.8 x bare echo (a)",
+            _ratio(f"c.unary_{hi}"),
+            0.8,
+            unit="x",
+        ),
+        Target(
+            13,
+            f"(e) Watch replay of {p.replay_events:,} events ≥ 1.0 x PostgreSQL (p)",
+            _vs_pg("e.replay"),
+            1.0,
+            unit="x",
+        ),
+        Target(
+            13,
+            f"(e) that replay with {p.later_events:,} later events ≥ 0.9 x itself",
+            _ratio("e.replay_later"),
+            0.9,
+            unit="x",
+        ),
+        Target(
+            13,
+            f"(e) commit-to-delivery p99 under the {hi}-caller load ≤ 10 ms",
+            _fig("e.delivery_p99_ms"),
+            10,
+            at_most=True,
+            unit="ms",
+        ),
+        Target(
+            13, f"(c) ApplyTransition p99 at {lo} caller ≤ 3 ms", _fig(f"c.unary_{lo}_p99_ms"), 3, True, "ms"
+        ),
+        Target(6, "(d) ≥ 50,000 durable transitions/s", _best_batch(p.batch_sizes), 50_000, unit="/s"),
+        Target(
+            6, "(e) ≥ 100,000 events/s to one subscriber (backlog)", _fig("e.backlog"), 100_000, unit="/s"
+        ),
+        Target(6, "(f) ready ≤ 2 s with 1M nodes", _fig("f.ready_big_s"), 2, at_most=True, unit="s"),
+        Target(6, "(f) ≤ 300 MB resident with 1M nodes", _worst_rss, 300, at_most=True, unit="MB"),
+        Target(6, "(f) (c) at 1M within 20 % of 10k", _worst_ratio(["unary_"]), 0.8, unit="x"),
+        Target(6, "(f) (d) at 1M within 20 % of 10k", _worst_ratio(["batch_"]), 0.8, unit="x"),
+    ]
 
 
 def targets(ctx: Context) -> list[dict[str, Any]]:
     out = []
-    for t in TARGETS:
-        value = t.value(ctx, ctx.p)
+    for t in target_list(ctx.p):
+        value = t.value(ctx)
         met = None if value is None else (value <= t.bound if t.at_most else value >= t.bound)
-        out.append({"target": t.text, "value": value, "bound": t.bound, "unit": t.unit, "met": met})
+        out.append(
+            {"issue": t.issue, "target": t.text, "value": value, "bound": t.bound, "unit": t.unit, "met": met}
+        )
     return out
 
 
@@ -159,7 +234,7 @@ def table(ctx: Context, info: dict[str, Any], goals: list[dict[str, Any]]) -> st
         f"medians of {ctx.p.runs} run(s) of {ctx.p.seconds:g} s"
         + (" (SMOKE: tiny counts, figures meaningless)" if ctx.smoke else ""),
         "",
-        f"{'':4}{'figure':<58} {'median':>12} {'unit':<14} {'ratio':>7}  ceiling",
+        f"{'':4}{'figure':<58} {'median':>12} {'unit':<14} {'ratio':>7}  {'ceiling':<14} {'x PG':>6}  reference",
     ]
     for section in ctx.sections.values():
         lines.append(f"({section.key}) {section.title}" + (f"  [{section.client}]" if section.client else ""))
@@ -167,16 +242,20 @@ def table(ctx: Context, info: dict[str, Any], goals: list[dict[str, Any]]) -> st
             lines.append(f"    {section.status.upper()}: {section.reason}")
             continue
         for figure in section.figures.values():
-            r = ratio(ctx, figure)
+            r, pg = ratio(ctx, figure), reference_ratio(ctx, figure)
             lines.append(
                 f"    {figure.label:<58} {_num(figure.value, figure.unit):>12} {figure.unit:<14} "
-                f"{'' if r is None else f'{r:.2f}':>7}  {figure.ceiling}"
+                f"{'' if r is None else f'{r:.2f}':>7}  {figure.ceiling:<14} "
+                f"{'' if pg is None else f'{pg:.2f}':>6}  {figure.reference}".rstrip()
             )
-    lines += ["", "targets:"]
-    for g in goals:
-        mark = "n/a" if g["met"] is None else "MET" if g["met"] else "NOT MET"
-        value = "not measured" if g["value"] is None else f"{_num(g['value'], g['unit'])} {g['unit']}"
-        lines.append(f"    {mark:<8} {g['target']:<44} measured: {value}")
+    for issue in sorted({g["issue"] for g in goals}, reverse=True):
+        lines += ["", f"targets (issue {issue}):"]
+        for g in goals:
+            if g["issue"] != issue:
+                continue
+            mark = "n/a" if g["met"] is None else "MET" if g["met"] else "NOT MET"
+            value = "not measured" if g["value"] is None else f"{_num(g['value'], g['unit'])} {g['unit']}"
+            lines.append(f"    {mark:<8} {g['target']:<66} measured: {value}")
     return "\n".join(lines)
 
 
@@ -187,9 +266,11 @@ def write_json(path: Path, ctx: Context, info: dict[str, Any], goals: list[dict[
     for key, section in ctx.sections.items():
         data = section.to_json()
         for name, figure in section.figures.items():
-            r = ratio(ctx, figure)
+            r, pg = ratio(ctx, figure), reference_ratio(ctx, figure)
             if r is not None:
                 data["figures"][name]["ratio"] = r
+            if pg is not None:
+                data["figures"][name]["reference_ratio"] = pg
         sections[key] = data
     document = {
         "machine": info,
@@ -208,7 +289,15 @@ def chart(path: Path, ctx: Context, info: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"a": "#9e9e9e", "b": "#bdbdbd", "c": "#1f77b4", "d": "#2ca02c", "e": "#9467bd", "f": "#ff7f0e"}
+    colors = {
+        "a": "#9e9e9e",
+        "b": "#bdbdbd",
+        "p": "#8c564b",
+        "c": "#1f77b4",
+        "d": "#2ca02c",
+        "e": "#9467bd",
+        "f": "#ff7f0e",
+    }
     rates: list[tuple[str, Section, Figure]] = []
     latencies: list[tuple[str, Section, Figure, Figure]] = []
     for section in ctx.sections.values():
@@ -232,12 +321,19 @@ def chart(path: Path, ctx: Context, info: dict[str, Any]) -> None:
     top.barh(y, [f.value for _, _, f in rates], color=[colors.get(s.key, "#333") for _, s, _ in rates])
     for i, (_, _, f) in enumerate(rates):
         r = ratio(ctx, f)
-        text = f" {f.value:,.0f} {f.unit}" + (f"  ({r:.2f}x {f.ceiling})" if r is not None else "")
+        pg = reference_ratio(ctx, f)
+        text = (
+            f" {f.value:,.0f} {f.unit}"
+            + (f"  ({r:.2f}x {f.ceiling})" if r is not None else "")
+            + (f"  ({pg:.2f}x PostgreSQL)" if pg is not None else "")
+        )
         top.text(f.value, i, text, va="center", fontsize=7)
     top.set_yticks(y, [label for label, _, _ in rates], fontsize=7)
     top.invert_yaxis()
     top.set_xscale("log")
-    top.set_xlabel("per second (log scale); grey: the machine's ceilings")
+    if rates:
+        top.set_xlim(right=max(f.value for _, _, f in rates) * 60)  # room for the ratio texts
+    top.set_xlabel("per second (log scale); grey: the machine's ceilings; brown: the PostgreSQL reference")
     top.set_title(
         f"statekeeper benchmark — {info['nproc']} cores, {info['cpu_model']}, python {info['python']}, "
         f"grpcio {info['grpcio']}" + (" — SMOKE" if ctx.smoke else ""),

@@ -64,9 +64,27 @@ def add_rate(
     unit: str,
     ceiling: str = "",
     latency: bool = True,
+    reference: str = "",
 ) -> None:
-    """A rate figure (median of runs), and its p50/p99 latency figures."""
-    section.add(name, Figure(label, median(runs[rate_key]), unit, runs[rate_key], ceiling=ceiling))
+    """A rate figure (median of runs), its p50/p99 latency figures, and the server's CPU per
+    operation when the runs measured it (server_cpu_us)."""
+    section.add(
+        name,
+        Figure(label, median(runs[rate_key]), unit, runs[rate_key], ceiling=ceiling, reference=reference),
+    )
+    if "server_cpu_us" in runs:
+        cpu = runs["server_cpu_us"]
+        section.add(
+            f"{name}_cpu_us",
+            Figure(
+                f"{label}: server CPU per {unit.removesuffix('/s').removesuffix('s')}",
+                median(cpu),
+                "µs",
+                cpu,
+                higher_is_better=False,
+                reference=f"{reference}_cpu_us" if reference else "",
+            ),
+        )
     if latency:
         for q in ("p50_ms", "p99_ms"):
             section.add(
@@ -78,7 +96,10 @@ def add_rate(
 def measure_unary(ctx: Context, server: SpawnedServer, nodes: int, callers: int) -> dict[str, list[float]]:
     """ApplyTransition calls on random nodes of the store, `callers` at once."""
     p = ctx.p
-    requests = workload.transition_requests(nodes, p.tree_size, max(2048, callers * 64), seed=callers)
+    requests = [
+        workload.transition_request(i, p.tree_size, to).SerializeToString()
+        for i, to in workload.unary_picks(nodes, callers)
+    ]
     return ctx.repeat(
         f"{server.name}: ApplyTransition x{callers}",
         lambda: _pick(
@@ -90,10 +111,12 @@ def measure_unary(ctx: Context, server: SpawnedServer, nodes: int, callers: int)
                 concurrency=callers,
                 seconds=p.seconds,
                 warmup=p.warmup,
+                cpu_pid=server.pid,
             ),
             "calls_per_s",
             "p50_ms",
             "p99_ms",
+            "server_cpu_us",
         ),
     )
 
@@ -101,8 +124,7 @@ def measure_unary(ctx: Context, server: SpawnedServer, nodes: int, callers: int)
 def measure_batch(ctx: Context, server: SpawnedServer, nodes: int, ops: int) -> dict[str, list[float]]:
     """ExecuteBatch calls of `ops` transitions each, p.batch_callers at once."""
     p = ctx.p
-    count = max(4, min(64, 64_000 // ops))
-    requests = workload.batch_requests(nodes, p.tree_size, ops, count, seed=ops)
+    requests = workload.batch_requests_of(workload.batch_sets(nodes, p.tree_size, ops), p.tree_size)
     return ctx.repeat(
         f"{server.name}: ExecuteBatch of {ops} x{p.batch_callers}",
         lambda: _pick(
@@ -115,10 +137,12 @@ def measure_batch(ctx: Context, server: SpawnedServer, nodes: int, ops: int) -> 
                 seconds=p.seconds,
                 warmup=p.warmup,
                 ops_per_call=ops,
+                cpu_pid=server.pid,
             ),
             "ops_per_s",
             "p50_ms",
             "p99_ms",
+            "server_cpu_us",
         ),
     )
 

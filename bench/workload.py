@@ -88,17 +88,29 @@ def transition_request(index: int, tree_size: int, to: str = "b") -> node_pb2.Ap
     return node_pb2.ApplyTransitionRequest(node=node_ref(index, tree_size), transition=f"to_{to}")
 
 
+def node_text(index: int, tree_size: int) -> str:
+    """Node `index` in the SDK's text form ("r0000004/bench_item:i2"): the PostgreSQL reference's id."""
+    tree, child = divmod(index, tree_size)
+    return root_id(tree) if child == 0 else f"{root_id(tree)}/{ITEM_TYPE}:i{child}"
+
+
+def transition_picks(nodes: int, count: int, seed: int) -> list[tuple[int, str]]:
+    """`count` (node index, destination state) pairs drawn at random: what each unary call does,
+    the same for statekeeper and the PostgreSQL reference."""
+    rng = random.Random(seed)
+    return [(rng.randrange(nodes), rng.choice("ab")) for _ in range(count)]
+
+
 def transition_requests(nodes: int, tree_size: int, count: int, seed: int) -> list[bytes]:
     """`count` serialized ApplyTransition requests on nodes drawn at random from the store."""
-    rng = random.Random(seed)
     return [
-        transition_request(rng.randrange(nodes), tree_size, rng.choice("ab")).SerializeToString()
-        for _ in range(count)
+        transition_request(i, tree_size, to).SerializeToString()
+        for i, to in transition_picks(nodes, count, seed)
     ]
 
 
-def batch_requests(nodes: int, tree_size: int, ops: int, count: int, seed: int) -> list[bytes]:
-    """`count` ExecuteBatch requests of `ops` transitions each on distinct random nodes of
+def batch_picks(nodes: int, tree_size: int, ops: int, count: int, seed: int) -> list[list[tuple[int, str]]]:
+    """`count` batches of `ops` (node index, destination state) pairs on distinct random nodes of
     distinct trees where the store has enough trees (spread over many trees)."""
     rng = random.Random(seed)
     trees = max(1, nodes // tree_size)
@@ -108,14 +120,36 @@ def batch_requests(nodes: int, tree_size: int, ops: int, count: int, seed: int) 
             picked = [t * tree_size + rng.randrange(tree_size) for t in rng.sample(range(trees), ops)]
         else:
             picked = rng.sample(range(nodes), min(ops, nodes))
-        request = node_pb2.ExecuteBatchRequest(
-            operations=[
-                node_pb2.BatchOperation(apply_transition=transition_request(i, tree_size, rng.choice("ab")))
-                for i in picked
-            ]
-        )
-        out.append(request.SerializeToString())
+        out.append([(i, rng.choice("ab")) for i in picked])
     return out
+
+
+def batch_requests_of(batches: list[list[tuple[int, str]]], tree_size: int) -> list[bytes]:
+    """Batches of (node index, destination state) as serialized ExecuteBatch requests."""
+    return [
+        node_pb2.ExecuteBatchRequest(
+            operations=[
+                node_pb2.BatchOperation(apply_transition=transition_request(i, tree_size, to))
+                for i, to in batch
+            ]
+        ).SerializeToString()
+        for batch in batches
+    ]
+
+
+def batch_requests(nodes: int, tree_size: int, ops: int, count: int, seed: int) -> list[bytes]:
+    """batch_picks as serialized ExecuteBatch requests of transitions."""
+    return batch_requests_of(batch_picks(nodes, tree_size, ops, count, seed), tree_size)
+
+
+def unary_picks(nodes: int, callers: int) -> list[tuple[int, str]]:
+    """What `callers` concurrent unary writers do in (c), (f) and the PostgreSQL reference."""
+    return transition_picks(nodes, max(2048, callers * 64), seed=callers)
+
+
+def batch_sets(nodes: int, tree_size: int, ops: int) -> list[list[tuple[int, str]]]:
+    """The batches of `ops` transitions sent in (d), (f) and the PostgreSQL reference, cycled."""
+    return batch_picks(nodes, tree_size, ops, max(4, min(64, 64_000 // ops)), seed=ops)
 
 
 def sample_transition_response(data_bytes: int) -> bytes:

@@ -1,5 +1,7 @@
 """The benchmark's smoke mode runs in the suite so the script never rots. It checks that every
-section comes out with numeric figures, not how large they are (targets are never asserted)."""
+section comes out with numeric figures, that every statekeeper figure with a PostgreSQL
+counterpart gets its ratio and every target a measured value, and that the PostgreSQL reference
+ran durable, not how large the figures are (targets are never asserted)."""
 
 from __future__ import annotations
 
@@ -50,4 +52,23 @@ def test_bench_smoke(tmp_path: Path) -> None:
             )
             if "ceiling" in figure:
                 assert figure["ratio"] > 0, (module.KEY, name, figure)
-    assert {t["target"] for t in document["targets"]}
+            if "reference" in figure:
+                assert figure["reference"].startswith("p."), (module.KEY, name, figure)
+                assert figure["reference_ratio"] > 0, (module.KEY, name, figure)
+    # Every row of issue 13's table: a statekeeper figure over its same-run reference.
+    for ref in (
+        "c.unary_1",
+        "c.unary_8",
+        "c.sdk_8",
+        "d.batch_10",
+        "d.batch_100",
+        "e.replay",
+        "e.replay_later",
+    ):
+        key, _, name = ref.partition(".")
+        assert sections[key]["figures"][name]["reference_ratio"] > 0, ref
+    settings = sections["p"]["extra"]["settings"]
+    assert (settings["fsync"], settings["synchronous_commit"]) == ("on", "on"), settings
+    targets = document["targets"]
+    assert {t["issue"] for t in targets} == {6, 13}
+    assert all(t["value"] is not None for t in targets if t["issue"] == 13), targets

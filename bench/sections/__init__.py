@@ -6,6 +6,26 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from bench.sections import batch, ceiling_grpc, ceiling_rocksdb, events, savepoints, scale, tasks, unary
+from bench.sections import (
+    batch,
+    ceiling_grpc,
+    ceiling_rocksdb,
+    events,
+    postgres,
+    savepoints,
+    scale,
+    tasks,
+    unary,
+)
 
-SECTIONS: list[ModuleType] = [ceiling_grpc, ceiling_rocksdb, unary, batch, events, tasks, savepoints, scale]
+SECTIONS: list[ModuleType] = [
+    ceiling_grpc,
+    ceiling_rocksdb,
+    postgres,
+    unary,
+    batch,
+    events,
+    tasks,
+    savepoints,
+    scale,
+]

@@ -1,6 +1,7 @@
 """(d) Transitions per second through ExecuteBatch, 100 and 1,000 transitions per call on nodes
 of distinct trees, p.batch_callers calls in flight, against p.base_nodes nodes.
-Ceiling: (b) raw synced WriteBatches of the same number of transitions."""
+Ceiling: (b) raw synced WriteBatches of the same number of transitions. Reference: (p) PostgreSQL
+applying the same batches as single statements of CAS writes."""
 
 from __future__ import annotations
 
@@ -30,5 +31,6 @@ def run(ctx: Context) -> Section:
             "ops_per_s",
             "transitions/s",
             ceiling=f"b.batch_{ops}",
+            reference=f"p.batch_{ops}",
         )
     return section

@@ -31,8 +31,9 @@ def run(ctx: Context) -> Section:
                     concurrency=callers,
                     seconds=p.seconds,
                     warmup=p.warmup,
+                    cpu_pid=server.pid,
                 ).items()
-                if k in ("calls_per_s", "p50_ms", "p99_ms")
+                if k in ("calls_per_s", "p50_ms", "p99_ms", "server_cpu_us")
             },
         )
         add_rate(

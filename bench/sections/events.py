@@ -3,6 +3,10 @@ and (d): the backlog read from revision 1 as fast as it comes (events/s; ceiling
 stream of (a), whose messages each carry one message-sized payload while Watch sends up to 1,000
 events per message), and live delivery while (c) runs at its highest caller count (events/s and
 commit-to-delivery p50/p99, from each event's commit time_ms to its arrival, millisecond clock).
+Then the replay: on a store of its own, Watch from revision 1 reads the first p.replay_events
+events (100,000: the seeded nodes' creations, then transitions in ExecuteBatch commits of
+p.load_ops), and reads them again once p.later_events more (1,000,000) lie beyond them: ratio to
+itself, and to PostgreSQL's replay of as many events (reference, section p).
 
 Until the generated module statekeeper.v1 has an event service with Watch, or while the server
 does not implement it, the section reports "not available" (never a made-up number)."""
@@ -10,9 +14,10 @@ does not implement it, the section reports "not available" (never a made-up numb
 from __future__ import annotations
 
 import importlib
+import math
 import pkgutil
 
-from bench import stores, workload
+from bench import servers, stores, workload
 from bench.core import Context, Figure, Section, median
 
 KEY = "e"
@@ -164,4 +169,96 @@ def run(ctx: Context) -> Section:
                 higher_is_better=False,
             ),
         )
+    _replay(ctx, section, method)
     return section
+
+
+def _append_transitions(ctx: Context, server: servers.SpawnedServer, events: int) -> None:
+    """About `events` transition events, in ExecuteBatch calls of p.load_ops (cycled requests)."""
+    p = ctx.p
+    requests = workload.batch_requests_of(
+        workload.batch_sets(p.base_nodes, p.tree_size, p.load_ops), p.tree_size
+    )
+    calls = math.ceil(events / p.load_ops)
+    result = ctx.load.run(
+        "pipeline",
+        address=server.address,
+        method=workload.EXECUTE_BATCH,
+        requests=[requests[k % len(requests)] for k in range(calls)],
+        concurrency=p.batch_callers,
+        ops_per_call=p.load_ops,
+    )
+    ctx.log(f"    replay store: {calls * p.load_ops:,} transitions appended in {result['seconds']:.1f} s")
+
+
+def _replay(ctx: Context, section: Section, method: str) -> None:
+    from statekeeper.v1 import event_pb2
+
+    p = ctx.p
+    request = event_pb2.WatchRequest(start_revision=1, progress_interval_ms=100).SerializeToString()
+    server = stores.start(ctx, "replay")
+    try:
+        ctx.load.run("register", address=server.address, machine_types=workload.machine_types())
+        ctx.load.run(
+            "seed",
+            address=server.address,
+            first_tree=0,
+            trees=p.base_nodes // p.tree_size,
+            tree_size=p.tree_size,
+            ops_per_call=p.seed_ops,
+            concurrency=p.seed_callers,
+            data_bytes=p.data_bytes,
+        )
+        _append_transitions(ctx, server, p.replay_events - p.base_nodes)
+
+        def measure(what: str) -> list[float]:
+            runs = ctx.repeat(
+                what,
+                lambda: {
+                    k: v
+                    for k, v in ctx.load.run(
+                        "watch",
+                        address=server.address,
+                        method=method,
+                        request=request,
+                        seconds=max(p.seconds, 60.0),
+                        warmup=0.0,
+                        latency=False,
+                        limit=p.replay_events,
+                    ).items()
+                    if k in ("events_per_s", "events")
+                },
+            )
+            if min(runs["events"]) < p.replay_events:
+                raise RuntimeError(
+                    f"the replay read {min(runs['events']):,.0f} events, not {p.replay_events:,}"
+                )
+            return runs["events_per_s"]
+
+        alone = measure(f"Watch replay of {p.replay_events:,} events")
+        section.add(
+            "replay",
+            Figure(
+                f"Watch replay of {p.replay_events:,} events, one subscriber",
+                median(alone),
+                "events/s",
+                alone,
+                reference="p.replay",
+            ),
+        )
+        _append_transitions(ctx, server, p.later_events)
+        later = measure(f"Watch replay of {p.replay_events:,} events, {p.later_events:,} later")
+        section.add(
+            "replay_later",
+            Figure(
+                f"the same with {p.later_events:,} later events in the store",
+                median(later),
+                "events/s",
+                later,
+                ceiling="e.replay",
+                reference="p.replay_later",
+            ),
+        )
+    finally:
+        ctx.load.run("forget", address=server.address)
+        ctx.drop_server("replay")

@@ -1,9 +1,13 @@
 """(c) Statekeeper unary ApplyTransition per second at 1 and 64 callers, with p50/p99 latency,
-against a store of p.base_nodes nodes. Ceiling: (a) unary at the same number of callers."""
+against a store of p.base_nodes nodes, from a plain gRPC client (pre-serialized requests).
+Ceiling: (a) unary at the same number of callers. Reference: (p) PostgreSQL's CAS write at as
+many connections. Then the same at the most callers through the SDK: that many concurrent
+`await client.transition(...)` on one statekeeper.Client in one process, as a user's service
+would call it (SDK costs included, on the load side)."""
 
 from __future__ import annotations
 
-from bench import stores
+from bench import stores, workload
 from bench.core import Context, Section
 
 KEY = "c"
@@ -15,7 +19,8 @@ def run(ctx: Context) -> Section:
     section = Section(
         KEY,
         TITLE,
-        client="generated method path with pre-serialized requests, responses not parsed (no SDK)",
+        client="generated method path with pre-serialized requests, responses not parsed (no SDK); "
+        "sdk_*: statekeeper.Client",
     )
     server = stores.seeded(ctx, "base", p.base_nodes)
     for callers in p.unary_callers:
@@ -29,5 +34,35 @@ def run(ctx: Context) -> Section:
             "calls_per_s",
             "transitions/s",
             ceiling=f"a.unary_{callers}",
+            reference=f"p.cas_{callers}",
         )
+    callers = p.unary_callers[-1]
+    picks = workload.unary_picks(p.base_nodes, callers)
+    runs = ctx.repeat(
+        f"SDK transition() x{callers}",
+        lambda: {
+            k: v
+            for k, v in ctx.load.run(
+                "sdk_transitions",
+                address=server.address,
+                picks=picks,
+                tree_size=p.tree_size,
+                concurrency=callers,
+                seconds=p.seconds,
+                warmup=p.warmup,
+            ).items()
+            if k in ("calls_per_s", "p50_ms", "p99_ms")
+        },
+    )
+    stores.add_rate(
+        ctx,
+        section,
+        f"sdk_{callers}",
+        f"SDK transition(), {callers} concurrent, one client",
+        runs,
+        "calls_per_s",
+        "transitions/s",
+        ceiling=f"c.unary_{callers}",
+        reference=f"p.cas_{callers}",
+    )
     return section
