@@ -544,3 +544,60 @@ def test_an_sdk_watch_resumes_by_itself_across_a_kill_9_of_its_server(tmp_path: 
         assert asyncio.run(asyncio.wait_for(main(), 60)) == ["before", "after"]
     finally:
         proc.kill()
+
+
+# -- the stored form of events ------------------------------------------------------------------
+
+
+def test_events_stored_before_the_wire_form_are_still_served(fresh_server: ServerProcess) -> None:
+    """Events are stored in the API's wire form (sent as stored); a store written before holds
+    msgpack records. Rewriting every stored event into the old format must change nothing a
+    client sees: Watch (with and without a filter), a consumer's deliveries, ListEvents."""
+    from statekeeper_server.entrypoints.grpc.wire import WIRE_EVENTS
+    from statekeeper_server.storage import codec, keys
+    from statekeeper_server.storage.base import Keyspace
+    from statekeeper_server.storage.rocksdb import RocksStore
+
+    async def seen(c: sk.Client, top: int) -> tuple[list[object], ...]:
+        async with grpc.aio.insecure_channel(fresh_server.address) as channel:
+            listed = await event_pb2_grpc.EventServiceStub(channel).ListEvents(event_pb2.ListEventsRequest())
+        assert listed.events[0].revision == top
+        everything = await take(c.watch(start_revision=1), len(listed.events))
+        orders = await take(c.watch(start_revision=1, machine_types=["order"]), 4)
+        deliveries = await take(c.subscribe("orders"), 4)
+        return everything, orders, [d.event for d in deliveries], list(listed.events)
+
+    async def write() -> tuple[int, tuple[list[object], ...]]:
+        async with await sk.Client.connect(fresh_server.address) as c:
+            await c.register_machine_type(ORDER)
+            await c.register_machine_type(ITEM)
+            await c.create_consumer("orders", machine_types=["order"], start="earliest")
+            await c.create_root("order", "o1")
+            await c.add_child("o1", "item", "i1")
+            await c.transition("o1", "pay")
+            await c.transition("o1/item:i1", "pack")
+            await c.create_root("order", "o2")
+            top = (await c.get_node("o2")).create_revision
+            return top, await seen(c, top)
+
+    top, before = asyncio.run(write())
+    assert len(before[1]) == 4 and all(e.machine_type == "order" for e in before[1])
+    fresh_server.terminate()
+    store = RocksStore(fresh_server.data_dir)
+    try:
+        rows = list(store.scan(Keyspace.EVENTS, b"", None))
+        assert rows and all(raw[:1] != bytes((codec.MSGPACK_EVENT,)) for _, raw in rows)
+        batch = store.new_batch()
+        for key, raw in rows:
+            event = WIRE_EVENTS.decode(*keys.seq_key_parts(key), raw)
+            batch.put(Keyspace.EVENTS, key, codec.encode_event(event))
+        store.write(batch, sync=True)
+    finally:
+        store.close()
+    fresh_server.start()
+
+    async def read_again() -> tuple[list[object], ...]:
+        async with await sk.Client.connect(fresh_server.address) as c:
+            return await seen(c, top)
+
+    assert asyncio.run(read_again()) == before

@@ -15,7 +15,8 @@ import pytest
 import statekeeper as sk
 from statekeeper._cli import main as cli
 from statekeeper_server.domain.model import EventKind
-from statekeeper_server.storage import codec, keys
+from statekeeper_server.entrypoints.grpc.wire import WIRE_EVENTS
+from statekeeper_server.storage import keys
 from statekeeper_server.storage.base import Keyspace
 from statekeeper_server.storage.rocksdb import RocksStore
 from tests.conftest import ITEM, ORDER, PART
@@ -503,7 +504,7 @@ def _events(data_dir: Path, revision: int) -> list[tuple[EventKind, str]]:
         return [
             (e.kind, str(e.address))
             for k, raw in store.scan(Keyspace.EVENTS, start, keys.seq_key(revision + 1, 0))
-            for e in [codec.decode_event(*keys.seq_key_parts(k), raw)]
+            for e in [WIRE_EVENTS.decode(*keys.seq_key_parts(k), raw)]
         ]
     finally:
         store.close()

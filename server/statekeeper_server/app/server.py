@@ -41,6 +41,7 @@ from statekeeper_server.entrypoints.grpc.nodes import NodeServicer
 from statekeeper_server.entrypoints.grpc.routing import Router
 from statekeeper_server.entrypoints.grpc.savepoints import SavepointServicer
 from statekeeper_server.entrypoints.grpc.tasks import TaskServicer
+from statekeeper_server.entrypoints.grpc.wire import WIRE_EVENTS
 from statekeeper_server.entrypoints.http import Inspector, InspectorSettings
 from statekeeper_server.features.events.consumers import ConsumerManager
 from statekeeper_server.features.events.hub import EventHub
@@ -119,6 +120,7 @@ class StatekeeperServer:
             failpoints=config.failpoints,
             on_fatal=on_fatal or (lambda e: None),
             shards=self.shards,
+            event_codec=WIRE_EVENTS,  # stored as sent: streams send stored bytes as they are
         )
         self.observers: list[CallObserver] = []
         self.tracer_provider: Any = None  # tests: trace into this provider (app/tracing.py)
@@ -161,7 +163,7 @@ class StatekeeperServer:
         }
         # The event stream: the hub learns of every durable commit (one server) or reads every
         # server's commits from the shared store (cluster); consumers persist positions.
-        self.events = EventHub(self.store, self.engine.durable_revision)
+        self.events = EventHub(self.store, self.engine.durable_revision, event_codec=WIRE_EVENTS)
         # Streams yield most of the loop to calls while any are in flight (lane.py).
         self.events.lane.contended = lambda: self.limit.in_flight > 0
         self.tail: EventTail | None = None

@@ -77,9 +77,10 @@ class EventTail:
 
     async def _take(self, rows: list[tuple[bytes, bytes]], full: bool) -> None:
         events: list[Event] = []
+        decode = self._hub.codec.decode
         for key, raw in rows:
             revision, index = keys.seq_key_parts(key)
-            events.append(codec.decode_event(revision, index, raw))
+            events.append(decode(revision, index, raw))
         last = events[-1].revision
         # A full page may end inside a revision: the rest of it comes with the next page.
         top = last - 1 if full else last

@@ -56,8 +56,10 @@ class Engine:
         failpoints: dict[str, str] | None = None,
         on_fatal: Callable[[BaseException], None] = lambda e: None,
         shards: ShardMap | None = None,
+        event_codec: codec.EventCodec = codec.MSGPACK_EVENTS,
     ) -> None:
         self.store = store
+        self.event_codec = event_codec
         self.shards = shards or ShardMap()
         self.limits = limits
         self.catalog = TypeCatalog(store)
@@ -323,10 +325,10 @@ class Commit:
         raw_keys = list(self._local)
         for (keyspace, key), value in self._local.items():
             mutations.append((keyspace, key, value))
+        encode = engine.event_codec.encode
         for event in self.events:
-            mutations.append(
-                (Keyspace.EVENTS, keys.seq_key(revision, event.index), codec.encode_event(event))
-            )
+            event.encoded = encoded = encode(event)
+            mutations.append((Keyspace.EVENTS, keys.seq_key(revision, event.index), encoded))
         # Every key written is visible to the later commits of the group (get and scan).
         raw = engine.pending.raw
         for keyspace, key, value in mutations:

@@ -203,3 +203,6 @@ class Event:
     transition_count: int = 0
     task_id: str = ""
     detail: str = ""
+    # The bytes the store holds for this event (set when it is encoded at commit or read back):
+    # a stream can send them as they are instead of encoding the event again.
+    encoded: bytes = field(default=b"", compare=False, repr=False)

@@ -25,6 +25,7 @@ async def events_before(
     before: Position,
     limit: int,
     scan_limit: int,
+    event_codec: codec.EventCodec = codec.MSGPACK_EVENTS,
 ) -> tuple[list[Event], Position | None, int]:
     """Events strictly before `before` (revision, index), newest first, that match flt (and,
     with node_only, concern exactly that node): at most `limit` of them, examining at most
@@ -46,7 +47,7 @@ async def events_before(
             examined += 1
             oldest = revision
             if (needle is None or needle in raw) and (not types or any(t in raw for t in types)):
-                event = codec.decode_event(revision, index, raw)
+                event = event_codec.decode(revision, index, raw)
                 if flt.matches(event) and (node_only is None or event.address == node_only):
                     out.append(event)
                     if len(out) >= limit:

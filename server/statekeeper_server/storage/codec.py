@@ -7,6 +7,8 @@ leading number lets a later format add fields and still read old records.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import msgpack
 
 from statekeeper_server.domain.events import EventFilter
@@ -179,6 +181,31 @@ def decode_event(revision: int, index: int, raw: bytes) -> Event:
     f = _unpackb(raw)
     address = _address(f[3], f[4]) if f[3] is not None else None
     return Event(revision, index, EventKind(f[1]), f[2], address, f[5], f[6], f[7], f[8], f[9], f[10], f[11])
+
+
+MSGPACK_EVENT = 0x9C
+"""The first byte of an event in this module's format (a msgpack array of 12): an event codec
+that stores another format tells the two apart by it, so stores written before keep working."""
+
+
+class EventCodec(Protocol):
+    """How events are stored. The composition root picks one (app/: the API's wire form, so a
+    stream sends stored bytes as they are); the default is this module's msgpack format."""
+
+    def encode(self, event: Event) -> bytes: ...
+
+    def decode(self, revision: int, index: int, raw: bytes) -> Event: ...
+
+
+class MsgpackEvents:
+    def encode(self, event: Event) -> bytes:
+        return encode_event(event)
+
+    def decode(self, revision: int, index: int, raw: bytes) -> Event:
+        return decode_event(revision, index, raw)
+
+
+MSGPACK_EVENTS: EventCodec = MsgpackEvents()
 
 
 def encode_request(fingerprint: bytes, response: bytes, expires_ms: int, revision: int) -> bytes:

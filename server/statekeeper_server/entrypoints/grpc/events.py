@@ -13,9 +13,10 @@ from statekeeper.v1 import event_pb2 as pb
 from statekeeper_server.core.engine import Engine
 from statekeeper_server.domain.errors import InvalidArgument, OutOfRange
 from statekeeper_server.domain.events import EventFilter
-from statekeeper_server.domain.model import Event, EventKind, NodeAddress
+from statekeeper_server.domain.model import EventKind, NodeAddress
 from statekeeper_server.domain.validation import check_address, check_name, check_page_size
 from statekeeper_server.entrypoints.grpc import convert
+from statekeeper_server.entrypoints.grpc.wire import WIRE_EVENTS, event_pb, event_wire
 from statekeeper_server.features import listings
 from statekeeper_server.features.events.consumers import ConsumerManager, ConsumerState, covered_revision
 from statekeeper_server.features.events.hub import EventHub
@@ -52,28 +53,15 @@ def _varint(n: int) -> bytes:
 def _message_field(tag: int, payload: bytes) -> bytes:
     """A length-delimited field (`tag` is field number << 3 | 2) of protobuf's wire format: a
     message built from encoded parts is the concatenation of its fields."""
-    return bytes((tag,)) + _varint(len(payload)) + payload
+    n = len(payload)
+    if n < 0x80:
+        return bytes((tag, n)) + payload
+    return bytes((tag,)) + _varint(n) + payload
 
 
 _EVENTS_FIELD = 1 << 3 | 2  # WatchResponse.events, SubscribeResponse.deliveries
 _PROGRESS_FIELD = 2 << 3  # WatchResponse.progress_revision (varint)
-
-
-def event_pb(e: Event) -> pb.Event:
-    return pb.Event(
-        revision=e.revision,
-        index=e.index,
-        kind=int(e.kind),  # type: ignore[arg-type]
-        time_ms=e.time_ms,
-        node=convert.ref(e.address) if e.address is not None else None,
-        machine_type=e.node_type,
-        from_state=e.from_state,
-        to_state=e.to_state,
-        transition=e.transition,
-        transition_count=e.transition_count,
-        task_id=e.task_id,
-        detail=e.detail,
-    )
+_DELIVERY_COUNT_FIELD = 2 << 3  # Delivery.delivery_count (varint)
 
 
 def event_filter(f: pb.EventFilter, engine: Engine) -> EventFilter:
@@ -148,6 +136,8 @@ class EventServicer:
         else:
             cursor = (hub.durable_revision + 1, 0)
         seen = cursor[0] - 1  # every event up to this revision was delivered or filtered out
+        everything = flt == EventFilter()
+        wire = WIRE_EVENTS.wire
         watch = object()
         self.watches[watch] = seen
         try:
@@ -158,9 +148,29 @@ class EventServicer:
                 # Build one message a slice at a time, through the stream lane; send it (the
                 # yield returns once the transport took it), then build the next.
                 parts: list[bytes] = []
-                size = 0
+                size = before = 0
                 while len(parts) < batch and size < MAX_STREAM_MESSAGE_BYTES:
                     want = min(SLICE_EVENTS, batch - len(parts))
+                    if everything:
+                        # Every event is sent: as stored, not decoded and encoded again.
+                        rows, top = await hub.read_stored_upto(cursor, want)
+                        async with hub.lane.turn():
+                            for revision, index, raw in rows:
+                                part = _message_field(_EVENTS_FIELD, wire(revision, index, raw))
+                                parts.append(part)
+                                size += len(part)
+                                if size >= MAX_STREAM_MESSAGE_BYTES:
+                                    break
+                        done = len(parts) - before
+                        if done:
+                            last = rows[done - 1]
+                            cursor = (last[0], last[1] + 1)
+                        if done == len(rows) < want:
+                            seen = max(seen, top)
+                            break
+                        seen = max(seen, rows[done - 1][0] - 1)
+                        before = len(parts)
+                        continue
                     events, top = await hub.read_upto(cursor, want)
                     done = 0
                     async with hub.lane.turn():
@@ -168,7 +178,7 @@ class EventServicer:
                             done += 1
                             cursor = (e.revision, e.index + 1)
                             if flt.matches(e):
-                                part = _message_field(_EVENTS_FIELD, event_pb(e).SerializeToString())
+                                part = _message_field(_EVENTS_FIELD, event_wire(e))
                                 parts.append(part)
                                 size += len(part)
                                 if size >= MAX_STREAM_MESSAGE_BYTES:
@@ -337,8 +347,10 @@ class EventServicer:
                     async with lane.turn():
                         for _ in range(SLICE_EVENTS):
                             event, count = item
-                            delivery = pb.Delivery(event=event_pb(event), delivery_count=count)
-                            part = _message_field(_EVENTS_FIELD, delivery.SerializeToString())
+                            # Delivery: the event as stored (field 1), its delivery count (field 2).
+                            delivery = _message_field(_EVENTS_FIELD, event_wire(event))
+                            delivery += bytes((_DELIVERY_COUNT_FIELD,)) + _varint(count)
+                            part = _message_field(_EVENTS_FIELD, delivery)
                             parts.append(part)
                             size += len(part)
                             full = len(parts) >= DEFAULT_BATCH or size >= MAX_STREAM_MESSAGE_BYTES
@@ -408,7 +420,7 @@ class EventServicer:
             before = top
         node = NodeAddress(flt.root_id, flt.path_prefix) if request.exclude_descendants else None
         events, more, oldest = await listings.events_before(
-            self.engine.reads.view(), flt, node, before, limit, scan_limit
+            self.engine.reads.view(), flt, node, before, limit, scan_limit, self.hub.codec
         )
         return pb.ListEventsResponse(
             events=[event_pb(e) for e in events],

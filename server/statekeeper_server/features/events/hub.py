@@ -26,11 +26,20 @@ log = logging.getLogger("statekeeper.events")
 META_COMPACTED = b"events_compacted_revision"
 
 Position = tuple[int, int]
+StoredEvent = tuple[int, int, bytes]
+"""(revision, index, the bytes the store holds for the event)."""
 
 
 class EventHub:
-    def __init__(self, store: Store, durable_revision: int, window: int = 65_536) -> None:
+    def __init__(
+        self,
+        store: Store,
+        durable_revision: int,
+        window: int = 65_536,
+        event_codec: codec.EventCodec = codec.MSGPACK_EVENTS,
+    ) -> None:
         self._store = store
+        self.codec = event_codec
         self.durable_revision = durable_revision
         self._window = window
         self._events: list[Event] = []
@@ -104,6 +113,21 @@ class EventHub:
         if positions and start >= positions[0]:
             i = bisect.bisect_left(positions, start)
             return self._events[i : i + limit], top
+        decode = self.codec.decode
+        rows, top = await self._read_stored(start, limit, top)
+        return [decode(revision, index, raw) for revision, index, raw in rows], top
+
+    async def read_stored_upto(self, start: Position, limit: int) -> tuple[list[StoredEvent], int]:
+        """As read_upto, as stored: (revision, index, the stored bytes), not decoded. A reader
+        that takes every event sends these as they are (see EventCodec)."""
+        positions = self._positions
+        top = self.durable_revision
+        if positions and start >= positions[0]:
+            i = bisect.bisect_left(positions, start)
+            return [(e.revision, e.index, e.encoded) for e in self._events[i : i + limit]], top
+        return await self._read_stored(start, limit, top)
+
+    async def _read_stored(self, start: Position, limit: int, top: int) -> tuple[list[StoredEvent], int]:
         if start[0] < self.oldest_revision:
             self.check_start(start[0])
         # One view for the whole read (taken with `top`, no await between): every slice comes
@@ -111,14 +135,13 @@ class EventHub:
         view = self._store.durable()
         end = keys.seq_key(top + 1, 0)
         seek = keys.seq_key(*start)
-        out: list[Event] = []
+        parts = keys.seq_key_parts
+        out: list[StoredEvent] = []
         while len(out) < limit:
             want = min(SLICE_EVENTS, limit - len(out))
             async with self.lane.turn():
                 found = await view.scan(Keyspace.EVENTS, seek, end, limit=want)
-                for key, raw in found:
-                    revision, index = keys.seq_key_parts(key)
-                    out.append(codec.decode_event(revision, index, raw))
+                out.extend([(*parts(key), raw) for key, raw in found])
             if len(found) < want:
                 break
             seek = found[-1][0] + b"\x00"

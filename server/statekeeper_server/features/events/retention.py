@@ -84,10 +84,9 @@ class EventCompactor:
 
     def _first_revision_at_or_after(self, time_ms: int) -> int | None:
         # Events are in commit order, and commit times only grow (one clock, one committer).
-        from statekeeper_server.storage import codec
-
+        decode = self._hub.codec.decode
         for key, raw in self._store.scan(Keyspace.EVENTS, keys.seq_key(self._hub.oldest_revision, 0)):
             revision, index = keys.seq_key_parts(key)
-            if codec.decode_event(revision, index, raw).time_ms >= time_ms:
+            if decode(revision, index, raw).time_ms >= time_ms:
                 return revision
         return None
