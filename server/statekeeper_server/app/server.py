@@ -20,7 +20,9 @@ from grpc_health.v1.health import aio as health_aio
 from statekeeper.v1 import admin_pb2, event_pb2, machine_type_pb2, node_pb2, savepoint_pb2, task_pb2
 from statekeeper_server.app import gauges, metrics, reflection, security
 from statekeeper_server.app.config import Config, task_settings
+from statekeeper_server.cluster.compaction import ClusterCompactor
 from statekeeper_server.cluster.events import EventTail
+from statekeeper_server.cluster.housekeeping import ShardSweeps
 from statekeeper_server.cluster.membership import Membership
 from statekeeper_server.core.engine import Engine
 from statekeeper_server.core.shards import ShardMap
@@ -194,6 +196,13 @@ class StatekeeperServer:
                 config.event_compaction_interval_s,
             ),
         )
+        # Cluster mode: each server sweeps request ids and finished tasks of the shards it owns;
+        # the holder of shard 0 compacts events (cluster/housekeeping.py, cluster/compaction.py).
+        self.sweeps: ShardSweeps | None = None
+        self.cluster_compactor: ClusterCompactor | None = None
+        if self.cluster is not None:
+            self.sweeps = ShardSweeps(self.cluster, self.shards, self.tasks.settings.finished_retention_ms)
+            self.cluster.compaction_listeners.append(self.consumers.mark_behind)
         self.event_servicer = EventServicer(self.engine, self.events, self.consumers)
         self.services[event_pb2.DESCRIPTOR.services_by_name["EventService"]] = self.event_servicer
 
@@ -276,6 +285,9 @@ class StatekeeperServer:
             self.tail.start()
         else:
             self.compactor.start()
+        if self.sweeps is not None and self.cluster_compactor is not None:
+            self.sweeps.start()
+            self.cluster_compactor.start()
         await server.start()
         self.grpc_server = server
         for name in ["", *names]:
@@ -340,7 +352,20 @@ class StatekeeperServer:
     async def _join_cluster(self) -> None:
         assert self.cluster is not None
         self.cluster.server_id = self.server_id
-        table = ShardTable(self.cluster.pool, self.server_id, self.advertised, self.config.lease_s)
+        table = ShardTable(
+            self.cluster.pool,
+            self.server_id,
+            self.advertised,
+            self.config.lease_s,
+            tail_revision=lambda: self.events.durable_revision,
+        )
+
+        async def tails() -> list[int]:
+            return [s.tail_revision for s in await table.servers() if s.alive]
+
+        self.cluster_compactor = ClusterCompactor(
+            self.cluster, self.events, self.consumers, self.compactor.policy, self.shards, tails
+        )
 
         def gained(shards: set[int]) -> None:
             self.tasks.timers.wake()
@@ -421,6 +446,10 @@ class StatekeeperServer:
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace)
         self.compactor.stop()
+        if self.sweeps is not None:
+            await self.sweeps.stop()
+        if self.cluster_compactor is not None:
+            await self.cluster_compactor.stop()
         if self.membership is not None:
             await self.membership.stop()
         if self.tail is not None:

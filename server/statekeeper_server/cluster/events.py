@@ -5,6 +5,13 @@ after every lower one: reading the events table in key order after the last key 
 skips one. A NOTIFY sent by each commit (and this server's own commits) wakes the reader at
 once; polling every `poll_s` alone would be enough. The reader also teaches the type catalog
 the machine types other servers register.
+
+Each read also returns the compaction mark (one statement, one snapshot), so every server's
+oldest retained revision follows the compactions of whichever server does them
+(cluster/compaction.py). Compaction never deletes what a live server has not read (its heartbeat
+reports how far it read); a server that was away longer than its lease may find events gone
+before it read them: it then forgets its in-memory window, so a reader there is refused
+(REVISION_COMPACTED) instead of being handed a gap.
 """
 
 from __future__ import annotations
@@ -36,6 +43,12 @@ class EventTail:
         self._task: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         store.commit_listeners.append(lambda top: self._wake.set())
+        store.compaction_listeners.append(self._compacted)
+        self._compacted(store.events_compacted + 1)
+
+    def _compacted(self, oldest: int) -> None:
+        """Events below `oldest` are gone (any server's compaction, read with the events)."""
+        self._hub.oldest_revision = max(self._hub.oldest_revision, oldest)
 
     @property
     def revision(self) -> int:
@@ -61,19 +74,34 @@ class EventTail:
         view = self._store.durable()
         while True:
             try:
-                rows = await view.scan(Keyspace.EVENTS, self._next, None, limit=PAGE)
+                mark, rows = await view.events(self._next, None, PAGE)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 log.debug("reading events failed: %s", e)
-                rows = []
+                mark, rows = 0, []
                 await asyncio.sleep(self._poll_s)
+            if keys.seq_key_parts(self._next)[0] <= mark:
+                self._skip(mark)
             if rows:
                 await self._take(rows, full=len(rows) >= PAGE)
                 continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll_s)
+
+    def _skip(self, mark: int) -> None:
+        """Events up to revision `mark` were compacted before this server read them."""
+        missed = keys.seq_key_parts(self._next)[0]
+        log.warning(
+            "events of revisions %d to %d were compacted before this server read them (it was away "
+            "longer than its lease?): readers from there are refused with REVISION_COMPACTED",
+            missed,
+            mark,
+        )
+        self._hub.drop_window()
+        self._next = keys.seq_key(mark + 1, 0)
+        self._hub.feed([], mark)
 
     async def _take(self, rows: list[tuple[bytes, bytes]], full: bool) -> None:
         events: list[Event] = []

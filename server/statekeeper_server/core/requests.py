@@ -36,6 +36,19 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def expired_records(expiry_keys: list[bytes], record: Callable[[bytes], bytes | None]) -> list[bytes]:
+    """The request ids of these expiry-index entries whose record still expires then (one
+    re-used since has a later expiry and stays); record(id): its stored record, or None.
+    Shared with the cluster's sweep (cluster/housekeeping.py)."""
+    out = []
+    for key in expiry_keys:
+        expires, request_id = keys.read_u64(key[:8]), key[8:]
+        raw = record(request_id)
+        if raw is not None and codec.decode_request(raw)[2] == expires:
+            out.append(request_id)
+    return out
+
+
 class RequestLog:
     def __init__(
         self,
@@ -134,11 +147,9 @@ class RequestLog:
         if not found:
             return None
         batch = store.new_batch()
-        for key, _ in found:
-            expires, request_id = keys.read_u64(key[:8]), key[8:]
-            raw = store.get(Keyspace.REQUESTS, request_id)
-            if raw is not None and codec.decode_request(raw)[2] == expires:
-                batch.delete(Keyspace.REQUESTS, request_id)
+        expiring = [key for key, _ in found]
+        for request_id in expired_records(expiring, lambda k: store.get(Keyspace.REQUESTS, k)):
+            batch.delete(Keyspace.REQUESTS, request_id)
         after_last = found[-1][0] + b"\x00"
         batch.delete_range(Keyspace.REQUEST_EXPIRY, found[0][0], after_last)
         # Housekeeping outside the commit groups, decided and written in one go (no build runs

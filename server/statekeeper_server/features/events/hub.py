@@ -77,6 +77,13 @@ class EventHub:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def drop_window(self) -> None:
+        """Forget the events held in memory (cluster mode: this server's reader fell behind a
+        compaction and missed events, so the window would hide a gap; readers go to the store,
+        which refuses what was compacted)."""
+        self._events.clear()
+        self._positions.clear()
+
     # -- used by readers ---------------------------------------------------------------------
 
     async def wait(self, after_revision: int, timeout: float) -> bool:

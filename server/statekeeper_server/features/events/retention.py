@@ -27,6 +27,28 @@ class RetentionPolicy:
     interval_s: float = 30.0
 
 
+def age_cutoff_ms(policy: RetentionPolicy) -> int:
+    """Events committed at or after this time are kept by the age rule."""
+    return int((time.time() - policy.keep_age_s) * 1000)
+
+
+def keep_from(policy: RetentionPolicy, durable: int, young: int | None, needed: int | None) -> int:
+    """The oldest revision the rules keep (everything below it may be deleted). young: the
+    first revision committed at or after age_cutoff_ms (None: none; unused without an age
+    rule); needed: the oldest revision a durable consumer still needs (None: no consumer).
+    The embedded and the cluster compactor (cluster/compaction.py) both decide by it."""
+    p = policy
+    kept = durable - p.keep_revisions + 1
+    if p.keep_age_s > 0:
+        kept = min(kept, young if young is not None else durable + 1)
+    if needed is not None:
+        if p.max_revisions:
+            # The cap bounds only what consumers may hold back, not the count/age rules.
+            needed = max(needed, durable - p.max_revisions + 1)
+        kept = min(kept, needed)
+    return min(kept, durable + 1)
+
+
 class EventCompactor:
     def __init__(
         self, store: Store, hub: EventHub, consumers: ConsumerManager, policy: RetentionPolicy
@@ -58,20 +80,11 @@ class EventCompactor:
 
     def target(self) -> int:
         """The revision below which events may be deleted now."""
-        p, hub = self.policy, self._hub
-        durable = hub.durable_revision
-        keep_from = durable - p.keep_revisions + 1
+        p = self.policy
+        young = None
         if p.keep_age_s > 0:
-            cutoff_ms = int((time.time() - p.keep_age_s) * 1000)
-            young = self._first_revision_at_or_after(cutoff_ms)
-            keep_from = min(keep_from, young if young is not None else durable + 1)
-        needed = self._consumers.retention_floor()
-        if needed is not None:
-            if p.max_revisions:
-                # The cap bounds only what consumers may hold back, not the count/age rules.
-                needed = max(needed, durable - p.max_revisions + 1)
-            keep_from = min(keep_from, needed)
-        return min(keep_from, durable + 1)
+            young = self._first_revision_at_or_after(age_cutoff_ms(p))
+        return keep_from(p, self._hub.durable_revision, young, self._consumers.retention_floor())
 
     async def run_once(self) -> int:
         # Consumers' positions as they are durable, moved past what their filters leave out

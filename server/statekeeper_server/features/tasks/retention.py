@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from collections.abc import Callable
 
 from statekeeper_server.core.engine import Engine, now_ms
 from statekeeper_server.core.reclaim import Reclaimer
@@ -28,6 +29,25 @@ log = logging.getLogger("statekeeper.tasks")
 SWEEP_CHUNK = 500
 SWEEP_INTERVAL_S = 1.0
 META_INDEXED = b"tasks_finished_indexed"
+
+
+def finished_records(
+    index_keys: list[bytes], task: Callable[[bytes], bytes | None]
+) -> list[tuple[Keyspace, bytes]]:
+    """What goes with these TASKS_FINISHED entries: each finished task and its TASKS_BY_NODE
+    entry (two keys a task); task(key): its stored record, or None. Shared with the cluster's
+    sweep (cluster/housekeeping.py)."""
+    out: list[tuple[Keyspace, bytes]] = []
+    for key in index_keys:
+        tkey = task_key_of(key)
+        raw = task(tkey)
+        if raw is None:
+            continue
+        record = codec.decode_task(raw)
+        if record.status in FINISHED:
+            out.append((Keyspace.TASKS, tkey))
+            out.append((Keyspace.TASKS_BY_NODE, keys.node_key(record.address) + tkey))
+    return out
 
 
 class TaskRetention:
@@ -83,16 +103,10 @@ class TaskRetention:
                     await self._reclaim.deleted(deleted, drained)
                 return deleted
             batch = self.store.new_batch()
-            for key, _ in found:
-                tkey = task_key_of(key)
-                raw = self.store.get(Keyspace.TASKS, tkey)
-                if raw is None:
-                    continue
-                task = codec.decode_task(raw)
-                if task.status in FINISHED:
-                    batch.delete(Keyspace.TASKS, tkey)
-                    batch.delete(Keyspace.TASKS_BY_NODE, keys.node_key(task.address) + tkey)
-                    deleted += 1
+            doomed = finished_records([key for key, _ in found], lambda k: self.store.get(Keyspace.TASKS, k))
+            for keyspace, key in doomed:
+                batch.delete(keyspace, key)
+            deleted += len(doomed) // 2
             start = found[-1][0] + b"\x00"
             # New entries carry the time their commit finished them: never this old (unless
             # the clock stepped back by more than the retention).

@@ -14,7 +14,9 @@ polling alone). No advisory locks, no triggers, no stored procedures.
     statekeeper_shards    shard -> owner, its address, generation, lease expiry (the database's
                           clock): taking a shard bumps its generation; every commit checks the
                           generations it holds inside its own transaction
-    statekeeper_servers   server id -> advertised address, heartbeat (the database's clock)
+    statekeeper_servers   server id -> advertised address, heartbeat (the database's clock), and
+                          the revision up to which it has read every event (event compaction
+                          never deletes what a live server has not read yet)
 """
 
 from __future__ import annotations
@@ -79,4 +81,7 @@ CREATE = [
         heartbeat timestamptz NOT NULL,
         started timestamptz NOT NULL
     )""",
+    # Added after format version 1 was released: a store created before gets it here (older
+    # servers leave it at 0, which holds event compaction back while they run).
+    "ALTER TABLE statekeeper_servers ADD COLUMN IF NOT EXISTS tail_revision bigint NOT NULL DEFAULT 0",
 ]

@@ -9,6 +9,7 @@ taker bumped the generation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -29,31 +30,45 @@ class ServerRow:
     id: str
     address: str
     alive: bool  # heartbeat within the lease time
+    tail_revision: int = 0  # it had read every event up to this revision at its last heartbeat
 
 
 class ShardTable:
-    def __init__(self, pool: asyncpg.Pool, server_id: str, address: str, lease_s: float) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        server_id: str,
+        address: str,
+        lease_s: float,
+        tail_revision: Callable[[], int] = lambda: 0,
+    ) -> None:
+        """tail_revision: every event up to it has been read by this server (cluster/events.py),
+        reported with each heartbeat."""
         self._pool = pool
         self.server_id = server_id
         self.address = address
         self._lease = timedelta(seconds=lease_s)
+        self._tail_revision = tail_revision
 
     async def heartbeat(self) -> None:
         async with self._pool.acquire() as conn:
             await conn.execute(
-                "INSERT INTO statekeeper_servers (id, address, heartbeat, started) VALUES ($1, $2, now(), now()) "
-                "ON CONFLICT (id) DO UPDATE SET address = EXCLUDED.address, heartbeat = now()",
+                "INSERT INTO statekeeper_servers (id, address, heartbeat, started, tail_revision) "
+                "VALUES ($1, $2, now(), now(), $3) ON CONFLICT (id) DO UPDATE SET address = EXCLUDED.address, "
+                "heartbeat = now(), tail_revision = EXCLUDED.tail_revision",
                 self.server_id,
                 self.address,
+                self._tail_revision(),
             )
 
     async def servers(self) -> list[ServerRow]:
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
-                "SELECT id, address, heartbeat > now() - $1::interval FROM statekeeper_servers ORDER BY id",
+                "SELECT id, address, heartbeat > now() - $1::interval, tail_revision FROM statekeeper_servers "
+                "ORDER BY id",
                 self._lease,
             )
-        return [ServerRow(r[0], r[1], bool(r[2])) for r in rows]
+        return [ServerRow(r[0], r[1], bool(r[2]), int(r[3])) for r in rows]
 
     async def shards(self) -> list[ShardRow]:
         async with self._pool.acquire() as conn:

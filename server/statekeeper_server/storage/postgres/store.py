@@ -28,13 +28,13 @@ import bisect
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
-from statekeeper_server.domain.errors import Unavailable
+from statekeeper_server.domain.errors import OutOfRange, Unavailable
 from statekeeper_server.storage import keys
 from statekeeper_server.storage.base import (
     BackupNotSupported,
@@ -55,6 +55,9 @@ TYPES_TTL_S = 5.0  # an absence a build loaded is forgotten after this long
 MAX_CACHED = 2_000_000  # keys held for builds; beyond this the cache starts over
 MAX_RANGES = 512  # complete ranges remembered per (shard, keyspace)
 NOTIFY_CHANNEL = "statekeeper_commit"
+EVENTS_COMPACTED_KEY = b"events_compacted_revision"
+"""META key of the compaction mark: every event of a revision up to it was deleted (the key the
+event hub reads at start, features/events/hub.py META_COMPACTED)."""
 
 _CONNECTION_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, TimeoutError)
 
@@ -104,11 +107,61 @@ class PgBatch:
         self.ops[(keyspace, self._shard, key)] = None
 
     def delete_range(self, keyspace: Keyspace, start: bytes, end: bytes) -> None:
-        """Every shard's keys in [start, end) (housekeeping: event compaction)."""
+        """Every shard's keys in [start, end) (no build writes one; housekeeping goes through
+        PgStore.fenced and compact_events)."""
         self.ranges.append((keyspace, start, end))
 
     def __len__(self) -> int:
         return len(self.ops) + len(self.ranges)
+
+
+class FencedWork:
+    """What one fenced housekeeping transaction reads and deletes (PgStore.fenced): rows of its
+    shard only; the deletes are written at its end."""
+
+    def __init__(self, conn: asyncpg.Connection, shard: int) -> None:
+        self._conn = conn
+        self.shard = shard
+        self.deleted: list[tuple[Keyspace, bytes]] = []
+
+    async def scan(
+        self, keyspace: Keyspace, start: bytes, end: bytes | None, limit: int
+    ) -> list[tuple[bytes, bytes]]:
+        args: list[Any] = [KS[keyspace], self.shard, start]
+        where = "ks = $1 AND shard = $2 AND key >= $3"
+        if end is not None:
+            args.append(end)
+            where += " AND key < $4"
+        args.append(max(0, limit))
+        rows = await self._conn.fetch(
+            f"SELECT key, value FROM statekeeper_kv WHERE {where} ORDER BY key LIMIT ${len(args)}", *args
+        )
+        return [(bytes(r[0]), bytes(r[1])) for r in rows]
+
+    async def get_many(self, keyspace: Keyspace, keys_: list[bytes]) -> dict[bytes, bytes]:
+        if not keys_:
+            return {}
+        rows = await self._conn.fetch(
+            "SELECT key, value FROM statekeeper_kv WHERE ks = $1 AND shard = $2 AND key = ANY($3::bytea[])",
+            KS[keyspace],
+            self.shard,
+            list(set(keys_)),
+        )
+        return {bytes(r[0]): bytes(r[1]) for r in rows}
+
+    def delete(self, keyspace: Keyspace, key: bytes) -> None:
+        self.deleted.append((keyspace, key))
+
+    async def flush(self) -> None:
+        if not self.deleted:
+            return
+        await self._conn.execute(
+            "DELETE FROM statekeeper_kv WHERE shard = $1 AND (ks, key) IN "
+            "(SELECT * FROM unnest($2::smallint[], $3::bytea[]))",
+            self.shard,
+            [KS[ks] for ks, _ in self.deleted],
+            [key for _, key in self.deleted],
+        )
 
 
 class PgView:
@@ -154,6 +207,20 @@ class PgView:
         reverse: bool = False,
         shards: Collection[int] | None = None,
     ) -> list[tuple[bytes, bytes]]:
+        if keyspace is Keyspace.EVENTS and not reverse and shards is None:
+            # Reading events on from a revision: one that was compacted (by any server, even
+            # between two slices of one read) is refused as EventHub.check_start refuses it,
+            # never skipped.
+            mark, rows = await self.events(start, end, limit)
+            requested = keys.seq_key_parts(start[:12])[0] if len(start) >= 12 else 0
+            if 0 < requested <= mark:
+                raise OutOfRange(
+                    "REVISION_COMPACTED",
+                    f"revision {requested} was compacted; the oldest revision still available is {mark + 1}",
+                    oldest_revision=mark + 1,
+                    requested_revision=requested,
+                )
+            return rows
         args: list[Any] = [KS[keyspace], start]
         where = "ks = $1 AND key >= $2"
         if end is not None:
@@ -173,6 +240,48 @@ class PgView:
     async def seek(self, keyspace: Keyspace, key: bytes) -> tuple[bytes, bytes] | None:
         found = await self.scan(keyspace, key, None, limit=1)
         return found[0] if found else None
+
+    async def due_shards(self, keyspace: Keyspace, end: bytes, shards: list[int]) -> list[int]:
+        """Those of these shards that hold a key below end in keyspace (one read)."""
+        if not shards:
+            return []
+        rows = await self._fetch(
+            "SELECT s FROM unnest($3::int[]) AS s WHERE EXISTS "
+            "(SELECT 1 FROM statekeeper_kv WHERE ks = $1 AND shard = s AND key < $2)",
+            KS[keyspace],
+            end,
+            shards,
+        )
+        return sorted(int(r[0]) for r in rows)
+
+    async def events(
+        self, start: bytes, end: bytes | None, limit: int
+    ) -> tuple[int, list[tuple[bytes, bytes]]]:
+        """The compaction mark and up to limit events with start <= key < end, in key order,
+        read in one statement (one snapshot): an event missing because it was compacted is
+        always told apart from one not yet written. Every read passes the mark on
+        (PgStore.note_compacted), so this server learns of another's compaction."""
+        args: list[Any] = [KS[Keyspace.META], EVENTS_COMPACTED_KEY, KS[Keyspace.EVENTS], start]
+        where = "ks = $3 AND key >= $4"
+        if end is not None:
+            args.append(end)
+            where += f" AND key < ${len(args)}"
+        args.append(max(0, limit))
+        rows = await self._fetch(
+            "SELECT NULL::bytea, (SELECT value FROM statekeeper_kv WHERE ks = $1 AND shard = 0 AND key = $2) "
+            f"UNION ALL (SELECT key, value FROM statekeeper_kv WHERE {where} ORDER BY key LIMIT ${len(args)})",
+            *args,
+        )
+        mark = 0
+        found: list[tuple[bytes, bytes]] = []
+        for key, value in rows:
+            if key is None:
+                mark = keys.read_u64(bytes(value)) if value is not None else 0
+            else:
+                found.append((bytes(key), bytes(value)))
+        found.sort()  # UNION ALL keeps no order by itself (already sorted: cheap)
+        self._store.note_compacted(mark)
+        return mark, found
 
 
 class PgStore:
@@ -201,6 +310,11 @@ class PgStore:
         self._types_ranges: list[tuple[bytes, bytes | None, object, float]] = []
         self._meta: dict[bytes, bytes] = {}
         self.commit_listeners: list[Callable[[int], None]] = []  # (top revision) after each commit
+        # The compaction mark as last read (every revision up to it was deleted) and who wants
+        # to know when it moves (the oldest revision left).
+        self.events_compacted = 0
+        self.compaction_listeners: list[Callable[[int], None]] = []
+        self._forgets = 0  # housekeeping deletions so far (a load that overlapped one is dropped)
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -267,6 +381,17 @@ class PgStore:
             rows = await conn.fetch("SELECT key, value FROM statekeeper_kv WHERE ks = $1", KS[Keyspace.META])
         self._meta = {bytes(r[0]): bytes(r[1]) for r in rows}
         self._meta[keys.META_REVISION] = keys.u64(int(revision))
+        mark = self._meta.get(EVENTS_COMPACTED_KEY)
+        self.note_compacted(keys.read_u64(mark) if mark is not None else 0)
+
+    def note_compacted(self, mark: int) -> None:
+        """Every event of a revision up to mark is deleted (read from the store, or deleted here)."""
+        if mark <= self.events_compacted:
+            return
+        self.events_compacted = mark
+        self._meta[EVENTS_COMPACTED_KEY] = keys.u64(mark)
+        for listener in self.compaction_listeners:
+            listener(mark + 1)
 
     async def listen(self, wake: Callable[[], None]) -> None:
         """Call wake() on every commit's NOTIFY, for ever (a connection of its own, opened again
@@ -367,6 +492,7 @@ class PgStore:
 
     async def fault_in(self, missing: NotCached) -> None:
         ks, start, end = missing.keyspace, missing.start, missing.end
+        forgets = self._forgets
         try:
             async with self.pool.acquire() as conn:
                 if ks is Keyspace.TYPES:
@@ -405,7 +531,7 @@ class PgStore:
                         start,
                     )
                     k = (shard, ks, start)
-                    if k not in self._cache and shard in self.owned:
+                    if k not in self._cache and shard in self.owned and forgets == self._forgets:
                         self._cache[k] = bytes(value) if value is not None else None
                     return
                 rows = await conn.fetch(
@@ -421,6 +547,8 @@ class PgStore:
             raise unavailable(e) from e
         if shard not in self.owned:
             return  # given up while loading: nothing of it is kept
+        if forgets != self._forgets:
+            return  # housekeeping deleted rows meanwhile: what was read may be gone (load again)
         cache = self._cache
         present: set[bytes] = set()
         for r in rows:
@@ -465,7 +593,7 @@ class PgStore:
                 else:
                     self._meta[key] = value
                 continue
-            if shard not in owned:
+            if shard not in owned or ks is Keyspace.EVENTS:  # builds never read events
                 continue
             cache[(shard, ks, key)] = value
             for r in ranges.get((shard, ks), ()):
@@ -496,13 +624,91 @@ class PgStore:
         return PgBatch()
 
     def write(self, batch: Any, *, sync: bool) -> None:
-        raise StoreError("the PostgreSQL store writes through the committer (write_group) or write_async")
+        raise StoreError(
+            "the PostgreSQL store writes through the committer (write_group); housekeeping "
+            "through fenced() and compact_events()"
+        )
 
-    async def write_async(self, batch: PgBatch) -> None:
-        """Housekeeping outside the committer (not fenced: deletes only what no one reads)."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            await self._write_rows(conn, batch)
-        self._apply(batch, 0)
+    @contextlib.asynccontextmanager
+    async def fenced(self, shard: int) -> AsyncIterator[FencedWork]:
+        """Housekeeping of one shard (deleting what expired), in one transaction that first
+        passes the shard's fence like a commit (ShardsLost: this server does not hold it, and
+        nothing is deleted). The fence's row lock keeps this server's own commits for the shard
+        out until the end, so what the work reads is current and nothing changes under it."""
+        work: FencedWork | None = None
+        committing = False
+        try:
+            async with self.pool.acquire() as conn:
+                tx = conn.transaction()
+                await tx.start()
+                try:
+                    await self._fence(conn, frozenset({shard}))
+                    work = FencedWork(conn, shard)
+                    yield work
+                    await work.flush()
+                except BaseException:
+                    await _rollback(tx)
+                    raise
+                committing = True
+                await tx.commit()
+        except _CONNECTION_ERRORS as e:
+            if committing:
+                self.drop_shards([shard])  # COMMIT sent, no answer: memory may be wrong
+            raise unavailable(e) from e
+        except asyncpg.PostgresError as e:
+            raise unavailable(e) from e
+        assert work is not None
+        self._forget(shard, work.deleted)
+
+    def _forget(self, shard: int, deleted: list[tuple[Keyspace, bytes]]) -> None:
+        """Memory follows rows that housekeeping deleted (committed)."""
+        if not deleted:
+            return
+        self._forgets += 1
+        cache, ranges = self._cache, self._ranges
+        for ks, key in deleted:
+            cache.pop((shard, ks, key), None)
+            for r in ranges.get((shard, ks), ()):
+                if r.holds(key):
+                    i = bisect.bisect_left(r.keys, key)
+                    if i < len(r.keys) and r.keys[i] == key:
+                        del r.keys[i]
+
+    async def compact_events(self, below: int, shard: int = 0) -> int:
+        """Delete every event of a revision below `below`, and move the compaction mark to
+        below - 1, in one transaction fenced by `shard` (the server holding it is the one that
+        compacts); returns the mark. ShardsLost: not held, nothing deleted."""
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await self._fence(conn, frozenset({shard}))
+                raw = await conn.fetchval(
+                    "SELECT value FROM statekeeper_kv WHERE ks = $1 AND shard = 0 AND key = $2",
+                    KS[Keyspace.META],
+                    EVENTS_COMPACTED_KEY,
+                )
+                mark = keys.read_u64(bytes(raw)) if raw is not None else 0
+                if below - 1 > mark:
+                    await conn.execute(
+                        "DELETE FROM statekeeper_kv WHERE ks = $1 AND key >= $2 AND key < $3",
+                        KS[Keyspace.EVENTS],
+                        keys.seq_key(mark + 1, 0),
+                        keys.seq_key(below, 0),
+                    )
+                    mark = below - 1
+                    await conn.execute(
+                        "INSERT INTO statekeeper_kv (ks, shard, key, value) VALUES ($1, 0, $2, $3) "
+                        "ON CONFLICT (ks, shard, key) DO UPDATE SET value = EXCLUDED.value",
+                        KS[Keyspace.META],
+                        EVENTS_COMPACTED_KEY,
+                        keys.u64(mark),
+                    )
+                    await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, "compacted")
+        except _CONNECTION_ERRORS as e:
+            raise unavailable(e) from e
+        except asyncpg.PostgresError as e:
+            raise unavailable(e) from e
+        self.note_compacted(mark)
+        return mark
 
     def reclaim(self, keyspace: Keyspace, start: bytes | None, end: bytes | None) -> None:
         """Nothing to do: PostgreSQL's autovacuum returns the space of deleted rows."""
