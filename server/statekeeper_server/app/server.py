@@ -20,7 +20,7 @@ from grpc_health.v1.health import aio as health_aio
 from statekeeper.v1 import admin_pb2, event_pb2, machine_type_pb2, node_pb2, savepoint_pb2, task_pb2
 from statekeeper_server.app import gauges, metrics, reflection, security
 from statekeeper_server.app.config import Config, task_settings
-from statekeeper_server.cluster.compaction import ClusterCompactor
+from statekeeper_server.cluster.compaction import ClusterCompactor, CutOffConsumers
 from statekeeper_server.cluster.events import EventTail
 from statekeeper_server.cluster.housekeeping import ShardSweeps
 from statekeeper_server.cluster.membership import Membership
@@ -202,7 +202,7 @@ class StatekeeperServer:
         self.cluster_compactor: ClusterCompactor | None = None
         if self.cluster is not None:
             self.sweeps = ShardSweeps(self.cluster, self.shards, self.tasks.settings.finished_retention_ms)
-            self.cluster.compaction_listeners.append(self.consumers.mark_behind)
+            self.cluster.compaction_listeners.append(CutOffConsumers(self.cluster, self.consumers).compacted)
         self.event_servicer = EventServicer(self.engine, self.events, self.consumers)
         self.services[event_pb2.DESCRIPTOR.services_by_name["EventService"]] = self.event_servicer
 

@@ -15,7 +15,7 @@ what a cluster needs on top:
 
 Every server learns of a compaction with its next read of events (cluster/events.py): its
 oldest retained revision, what Watch refuses and GetServerInfo shows, follows within the
-tail's poll interval.
+tail's poll interval, and its consumers that the cap cut off are told so (CutOffConsumers).
 """
 
 from __future__ import annotations
@@ -118,7 +118,6 @@ class ClusterCompactor:
             await asyncio.sleep(0)
         removed = oldest - first
         if removed:
-            self._consumers.mark_behind(self._hub.oldest_revision)
             log.info(
                 "compacted events below revision %d (%d revisions) in %.1f ms",
                 oldest,
@@ -158,3 +157,62 @@ class ClusterCompactor:
             else:
                 lo = max(mid, revision) + 1
         return lo if lo <= durable else None
+
+
+class CutOffConsumers:
+    """A compaction listener (every server, whichever compacted): this server's consumers whose
+    unacknowledged events were deleted (by the cap) are told so, as on one server
+    (ConsumerManager.mark_behind). A position in memory may lag what the store holds for a
+    moment (its write committed, not yet settled), and the compactor went by the store: so a
+    consumer that looks behind is checked against its stored position first, and marking waits
+    until every one that looks behind really is."""
+
+    SETTLE_S = 0.05
+    ATTEMPTS = 100  # a position whose write's outcome was unknown may never settle: give up
+
+    def __init__(self, store: PgStore, consumers: ConsumerManager) -> None:
+        self._store = store
+        self._consumers = consumers
+        self._oldest = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def compacted(self, oldest: int) -> None:
+        self._oldest = max(self._oldest, oldest)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._mark(), name="consumers-cut-off")
+
+    def _looks_behind(self, oldest: int) -> list[str]:
+        consumers = self._consumers
+        return [
+            name
+            for name in consumers.names()
+            if (state := consumers.find(name)) is not None
+            and state.error is None
+            and consumers.acked_revision(state) + 1 < oldest
+        ]
+
+    async def _mark(self) -> None:
+        behind: list[str] = []
+        for _ in range(self.ATTEMPTS):
+            oldest = self._oldest
+            behind = self._looks_behind(oldest)
+            if not behind:
+                return
+            if await self._stored_behind(behind, oldest):
+                self._consumers.mark_behind(oldest)
+                if oldest == self._oldest:
+                    return
+                continue
+            await asyncio.sleep(self.SETTLE_S)
+        log.warning("consumers %s look behind the retention, their stored positions do not", behind)
+
+    async def _stored_behind(self, names: list[str], oldest: int) -> bool:
+        """Whether the store's positions of all these consumers are below oldest too."""
+        try:
+            stored = await self._store.durable().get_many(Keyspace.CONSUMERS, [n.encode() for n in names])
+        except DomainError:  # PostgreSQL unavailable: look again in a moment
+            return False
+        # A record gone: the consumer is being deleted (or moved); marking it changes nothing.
+        return all(
+            raw is None or covered_revision(codec.decode_consumer(raw)[4]) + 1 < oldest for raw in stored
+        )

@@ -86,6 +86,29 @@ class _Range:
         return self.start <= key and (self.end is None or key < self.end)
 
 
+@dataclass
+class _Load:
+    """A read fault_in has under way: `end` None: the key `start`; b"": open-ended."""
+
+    shard: int
+    keyspace: Keyspace
+    start: bytes
+    end: bytes | None
+    spoiled: bool = False  # housekeeping deleted a row of it meanwhile: keep nothing, load again
+
+    def spoil(self, shard: int, deleted: list[tuple[Keyspace, bytes]]) -> None:
+        if shard != self.shard:
+            return
+        for ks, key in deleted:
+            if ks is self.keyspace and (
+                key == self.start
+                if self.end is None
+                else self.start <= key and (not self.end or key < self.end)
+            ):
+                self.spoiled = True
+                return
+
+
 class PgBatch:
     """Writes of a group, each tagged with its shard."""
 
@@ -314,7 +337,7 @@ class PgStore:
         # to know when it moves (the oldest revision left).
         self.events_compacted = 0
         self.compaction_listeners: list[Callable[[int], None]] = []
-        self._forgets = 0  # housekeeping deletions so far (a load that overlapped one is dropped)
+        self._loads: list[_Load] = []  # what fault_in is reading now (housekeeping may spoil it)
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -492,7 +515,8 @@ class PgStore:
 
     async def fault_in(self, missing: NotCached) -> None:
         ks, start, end = missing.keyspace, missing.start, missing.end
-        forgets = self._forgets
+        load = _Load(missing.shard, ks, start, end)
+        self._loads.append(load)
         try:
             async with self.pool.acquire() as conn:
                 if ks is Keyspace.TYPES:
@@ -531,7 +555,7 @@ class PgStore:
                         start,
                     )
                     k = (shard, ks, start)
-                    if k not in self._cache and shard in self.owned and forgets == self._forgets:
+                    if k not in self._cache and shard in self.owned and not load.spoiled:
                         self._cache[k] = bytes(value) if value is not None else None
                     return
                 rows = await conn.fetch(
@@ -545,10 +569,12 @@ class PgStore:
                 )
         except _CONNECTION_ERRORS as e:
             raise unavailable(e) from e
+        finally:
+            self._loads.remove(load)
         if shard not in self.owned:
             return  # given up while loading: nothing of it is kept
-        if forgets != self._forgets:
-            return  # housekeeping deleted rows meanwhile: what was read may be gone (load again)
+        if load.spoiled:
+            return
         cache = self._cache
         present: set[bytes] = set()
         for r in rows:
@@ -664,8 +690,9 @@ class PgStore:
         """Memory follows rows that housekeeping deleted (committed)."""
         if not deleted:
             return
-        self._forgets += 1
         cache, ranges = self._cache, self._ranges
+        for load in self._loads:
+            load.spoil(shard, deleted)
         for ks, key in deleted:
             cache.pop((shard, ks, key), None)
             for r in ranges.get((shard, ks), ()):
