@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -19,7 +22,7 @@ import grpc
 import pytest
 
 import statekeeper as sk
-from statekeeper.v1 import admin_pb2, admin_pb2_grpc
+from statekeeper.v1 import admin_pb2, admin_pb2_grpc, event_pb2, event_pb2_grpc
 from statekeeper_server.cluster.housekeeping import ShardSweeps
 from statekeeper_server.core.shards import ShardMap
 from statekeeper_server.domain.errors import OutOfRange
@@ -412,3 +415,77 @@ def test_an_unacked_consumer_on_another_server_holds_compaction_back_and_a_kill_
         assert refused.metadata["oldest_revision"] == str(top - 4)
     took_over = [p for p in survivors if _logged(p, "compacted events below revision")]
     assert took_over and all(0 in _taken(p) for p in took_over), "no survivor took compaction over"
+
+
+def test_a_paused_server_holds_compaction_back_while_alive_and_then_refuses_what_it_missed(
+    start_cluster: StartCluster, dsn: str
+) -> None:
+    # A longer lease than the other tests: the paused server counts as alive for 5 s.
+    procs = start_cluster(2, *COMPACTION, "--lease-s", "5")
+    owners = _balanced(procs)
+    live, paused = sorted(procs, key=lambda p: 0 if 0 in owners[p.address] else 1)  # live compacts
+    roots = (f"p-{i}" for i in range(10_000) if _shard(f"p-{i}") in owners[live.address])
+    with sk.SyncClient.connect(live.address) as c:
+        c.register_machine_type(ORDER)
+        for _ in range(10):
+            c.create_root("order", next(roots))
+    top = _revision(dsn)
+    _wait(lambda: _oldest(procs) == [top - 4] * 2, "the first compaction")
+
+    def reported() -> tuple[bool, int, int]:
+        """(the paused server counts as alive, how far it reported reading, the mark)."""
+        row = _sql(
+            dsn,
+            "SELECT heartbeat > now() - interval '5 seconds', tail_revision, (SELECT value FROM "
+            "statekeeper_kv WHERE ks = $1 AND shard = 0 AND key = $2) FROM statekeeper_servers WHERE address = $3",
+            KS[Keyspace.META],
+            b"events_compacted_revision",
+            paused.address,
+        )[0]
+        return bool(row[0]), int(row[1]), keys.read_u64(bytes(row[2]))
+
+    _wait(lambda: reported()[1] == top, "the paused server to report it read everything")
+    # A Watch on it, caught up: after the pause it must go on without a gap, or be refused.
+    channel = grpc.insecure_channel(paused.address)
+    stream = event_pb2_grpc.EventServiceStub(channel).Watch(event_pb2.WatchRequest(start_revision=top + 1))
+    assert next(stream).progress_revision == top
+    received: list[tuple[int, object]] = []
+
+    def read() -> None:
+        try:
+            for message in stream:
+                received.extend((e.revision, e) for e in message.events)
+        except grpc.RpcError as e:
+            received.append((-1, e))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert paused.proc is not None
+    os.kill(paused.proc.pid, signal.SIGSTOP)
+    try:
+        with sk.SyncClient.connect(live.address) as c:
+            for _ in range(20):
+                c.create_root("order", next(roots))
+        newest = _revision(dsn)
+        # While its heartbeat is within the lease, nothing it has not read is deleted, although
+        # the count rule alone would delete up to newest - 5.
+        held_back = 0
+        while (state := reported())[0]:
+            assert state[2] <= top, state
+            held_back += 1
+            time.sleep(0.1)
+        assert held_back, "the paused server's lease ran out before the writes ended (too slow a machine)"
+        _wait(lambda: reported()[2] == newest - 5, "compaction past the paused server")
+    finally:
+        os.kill(paused.proc.pid, signal.SIGCONT)
+    # It missed revisions top + 1 .. newest - 5: its Watch is refused, not handed a gap.
+    reader.join(60)
+    channel.close()
+    assert received and received[-1][0] == -1, received
+    error = received[-1][1]
+    assert isinstance(error, grpc.RpcError) and error.code() == grpc.StatusCode.OUT_OF_RANGE, error
+    assert all(revision == -1 for revision, _ in received), "it received events after a gap"
+    _wait(lambda: _oldest([paused]) == [newest - 4], "the paused server's oldest revision")
+    refused = _watch_refused(paused.address, top + 1)
+    assert refused.reason == "REVISION_COMPACTED" and refused.metadata["oldest_revision"] == str(newest - 4)
+    assert "before this server read them" in paused.log()
