@@ -87,8 +87,8 @@ class ClusterCompactor:
                 log.info("event compaction stopped: shard %d moved to another server", COMPACTOR_SHARD)
             except DomainError as e:  # PostgreSQL is unavailable: the next run tries again
                 log.warning("event compaction failed: %s", e.message)
-            except Exception:
-                log.exception("event compaction failed; will retry")
+            except Exception as e:  # e.g. the servers table could not be read (PostgreSQL down)
+                log.warning("event compaction failed (%s: %s); will retry", type(e).__name__, e)
 
     async def target(self) -> int:
         """The revision below which events may be deleted now."""
