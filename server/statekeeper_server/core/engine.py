@@ -94,8 +94,8 @@ class Engine:
         return self.committer.next_revision
 
     async def start(self, sweep_interval_s: float = 1.0, sweep: bool = True) -> None:
-        """sweep: delete expired request ids (one server; not in cluster mode yet, where the
-        store is shared and request ids are per shard)."""
+        """sweep: delete expired request ids (one server; in cluster mode each server sweeps
+        the shards it owns, fenced: cluster/housekeeping.py)."""
         self.committer.start()
         if sweep:
             self._sweeper = asyncio.get_running_loop().create_task(

@@ -42,8 +42,8 @@ class TaskExecutors:
         self.retention = TaskRetention(engine, settings.finished_retention_ms)
 
     def start(self, retention: bool = True) -> None:
-        """retention: delete finished tasks after their retention (one server; not in cluster
-        mode yet, where housekeeping outside the committer is not fenced)."""
+        """retention: delete finished tasks after their retention (one server; in cluster mode
+        each server sweeps the shards it owns, fenced: cluster/housekeeping.py)."""
         self.engine.durable_listeners.append(self._on_durable)
         self.timers.start()
         self.outbound.start()

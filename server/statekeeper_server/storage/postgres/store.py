@@ -15,7 +15,12 @@ The same keyspaces, keys and record bytes as the embedded store, in one table
   every server; if another server committed since the group was built, the committer builds
   it again from the current revision while the lock is held), the rows, the new revision, a
   NOTIFY to wake other servers' readers. PostgreSQL's COMMIT is durable (synchronous_commit).
-- client reads (durable views): plain SELECTs of committed rows, from any server.
+- client reads (durable views): plain SELECTs of committed rows, from any server. Events are
+  read together with the compaction mark (one statement): a compacted revision is refused
+  (REVISION_COMPACTED), never skipped.
+- housekeeping (cluster/housekeeping.py, cluster/compaction.py): deletions in transactions
+  that pass the fence of the shard they work for, like a commit (`fenced`, `compact_events`);
+  memory forgets what they deleted, and a load that overlapped them is read again.
 
 A group that fails before COMMIT was not applied; one whose COMMIT fails has an unknown
 outcome: the shards it wrote are dropped from memory (read again from the database).
