@@ -23,9 +23,15 @@ import pytest
 
 import statekeeper as sk
 from statekeeper.v1 import admin_pb2, admin_pb2_grpc, event_pb2, event_pb2_grpc
+from statekeeper_server.cluster.compaction import ClusterCompactor
 from statekeeper_server.cluster.housekeeping import ShardSweeps
 from statekeeper_server.core.shards import ShardMap
 from statekeeper_server.domain.errors import OutOfRange
+from statekeeper_server.domain.model import Event, EventKind, NodeAddress
+from statekeeper_server.entrypoints.grpc.wire import WIRE_EVENTS
+from statekeeper_server.features.events.consumers import ConsumerManager
+from statekeeper_server.features.events.hub import EventHub
+from statekeeper_server.features.events.retention import RetentionPolicy
 from statekeeper_server.storage import codec, keys
 from statekeeper_server.storage.base import Keyspace
 from statekeeper_server.storage.postgres import PgStore, ShardTable
@@ -259,6 +265,59 @@ def test_a_server_that_lost_a_shard_deletes_nothing_in_it(dsn: str) -> None:
             await b.aclose()
 
     asyncio.run(main())
+
+
+def test_the_age_rule_keeps_what_is_younger_than_the_age_in_cluster_mode(dsn: str) -> None:
+    """--event-retention-age-s on a cluster store: the cut-off is found among the stored events
+    (in the form the servers store them), and what is younger stays."""
+
+    async def main() -> None:
+        store = await PgStore.open(dsn, 4)
+        conn = await asyncpg.connect(dsn)
+        try:
+            store.server_id = "a"
+            generation = await ShardTable(store.pool, "a", "a:1", lease_s=60.0).acquire(0)
+            assert generation is not None
+            store.owned[0] = generation
+            now = int(time.time() * 1000)
+            minute = 60_000
+            # Revisions 1..10, one a minute, the newest now.
+            await conn.executemany(
+                "INSERT INTO statekeeper_kv (ks, shard, key, value) VALUES ($1, 0, $2, $3)",
+                [
+                    (
+                        KS[Keyspace.EVENTS],
+                        keys.seq_key(r, 0),
+                        WIRE_EVENTS.encode(_event(r, now - (10 - r) * minute)),
+                    )
+                    for r in range(1, 11)
+                ],
+            )
+            hub = EventHub(store, 10, event_codec=WIRE_EVENTS)
+            consumers = ConsumerManager(store, hub, lambda m, s: asyncio.Future(), load=False)
+            policy = RetentionPolicy(keep_revisions=1, keep_age_s=4.5 * 60, interval_s=60.0)
+
+            async def tails() -> list[int]:
+                return [10]
+
+            compactor = ClusterCompactor(store, hub, consumers, policy, _held(store.owned), tails)
+            # Younger than 4.5 minutes: revisions 6..10 (6 is 4 minutes old).
+            assert await compactor.target() == 6
+            assert await compactor.run_once() == 5
+            assert (hub.oldest_revision, store.events_compacted) == (6, 5)
+            first = await conn.fetchval(
+                "SELECT key FROM statekeeper_kv WHERE ks = $1 ORDER BY key LIMIT 1", KS[Keyspace.EVENTS]
+            )
+            assert keys.seq_key_parts(bytes(first)) == (6, 0)
+        finally:
+            await conn.close()
+            await store.aclose()
+
+    asyncio.run(main())
+
+
+def _event(revision: int, time_ms: int) -> Event:
+    return Event(revision, 0, EventKind.NODE_CREATED, time_ms, NodeAddress(f"r{revision}"), node_type="order")
 
 
 def _held(owned: dict[int, int]) -> ShardMap:

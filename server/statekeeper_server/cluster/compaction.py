@@ -152,7 +152,7 @@ class ClusterCompactor:
                 hi = mid
                 continue
             revision, index = keys.seq_key_parts(rows[0][0])
-            if codec.decode_event(revision, index, rows[0][1]).time_ms >= time_ms:
+            if self._hub.codec.decode(revision, index, rows[0][1]).time_ms >= time_ms:
                 hi = mid
             else:
                 lo = max(mid, revision) + 1
