@@ -19,6 +19,7 @@ import pytest
 
 import statekeeper as sk
 from devtools.local_postgres import LocalPostgres
+from statekeeper.v1 import admin_pb2, admin_pb2_grpc
 from tests.cluster.conftest import StartCluster
 from tests.conftest import ITEM, ORDER
 from tests.support import ServerProcess
@@ -87,6 +88,13 @@ def test_any_server_takes_any_call_with_one_gap_free_revision(start_cluster: Sta
             revisions = [e.revision for e in events]
             assert revisions == sorted(revisions)
             assert sorted(set(revisions)) == list(range(1, top + 1))
+        # Each server reports the store-wide revision, not only that of its own commits.
+        for proc in procs:
+            with grpc.insecure_channel(proc.address) as channel:
+                info = admin_pb2_grpc.AdminServiceStub(channel).GetServerInfo(
+                    admin_pb2.GetServerInfoRequest()
+                )
+            assert info.revision >= top and info.durable_revision >= top, (proc.address, info)
         assert {n.ref.root_id for n in c.list_nodes("order")} == {f"o-{i}" for i in range(24)}
         # The shards are spread over the three servers.
         owners = {p.address: p.log().count("took shard") for p in procs}

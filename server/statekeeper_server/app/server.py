@@ -160,6 +160,7 @@ class StatekeeperServer:
                     oldest_event_revision=lambda: self.events.oldest_revision,
                     shard_count=lambda: self.shards.count if self.cluster is not None else 0,
                     cluster_members=self._cluster_members,
+                    store_revision=lambda: self.events.durable_revision,
                 ),
             ),
         }

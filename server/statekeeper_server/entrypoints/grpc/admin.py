@@ -57,6 +57,10 @@ class ServerFacts:
     # one server and no shards, so 0 and an empty list.
     shard_count: Callable[[], int] = lambda: 0
     cluster_members: Callable[[], list[ClusterMember]] = list
+    # The newest durable revision of the whole store as this server has read it: in cluster
+    # mode other servers commit too (the event tail follows them), so the engine's own
+    # revisions alone would lag behind.
+    store_revision: Callable[[], int] = lambda: 0
 
 
 class AdminServicer:
@@ -83,10 +87,11 @@ class AdminServicer:
         self, request: pb.GetServerInfoRequest, context: Context
     ) -> pb.GetServerInfoResponse:
         f, engine = self.facts, self.engine
+        store_revision = f.store_revision()
         return pb.GetServerInfoResponse(
             version=__version__,
-            revision=engine.next_revision - 1,
-            durable_revision=engine.durable_revision,
+            revision=max(engine.next_revision - 1, store_revision),
+            durable_revision=max(engine.durable_revision, store_revision),
             store=f.store,
             store_location=f.store_location,
             fsync=f.fsync,
