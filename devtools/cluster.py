@@ -42,9 +42,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("at least one server")
     work = Path(tempfile.mkdtemp(prefix="statekeeper-cluster-"))
     print(f"starting PostgreSQL (logs and ready files in {work} ) ...", flush=True)
-    pg = LocalPostgres().start()
+    pg: LocalPostgres | None = None
     procs: list[subprocess.Popen[bytes]] = []
+    reported: set[int] = set()  # servers whose exit was printed
     try:
+        pg = LocalPostgres()
+        pg.start()
         for i in range(args.servers):
             address = f"127.0.0.1:{args.base_port + i}"
             ready = work / f"server{i}.ready"
@@ -84,12 +87,14 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, on_signal)
         while not stop:
             for i, proc in enumerate(procs):
-                if proc.poll() is not None:
-                    print(f"server {i} exited with {proc.returncode}", flush=True)
-                    procs[i] = proc  # keep watching the others
+                if proc.poll() is not None and i not in reported:
+                    reported.add(i)  # once; keep watching the others
+                    print(f"server {i} exited with {proc.returncode} (log: {work}/server{i}.log)", flush=True)
             if all(p.poll() is not None for p in procs):
                 break
             time.sleep(0.2)
+    except KeyboardInterrupt:
+        print("interrupted while starting", file=sys.stderr)
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -99,12 +104,20 @@ def main(argv: list[str] | None = None) -> int:
                 proc.wait(15)
             if proc.poll() is None:
                 proc.kill()
-        pg.close()
-        with contextlib.suppress(OSError):
-            for f in work.iterdir():
-                f.unlink()
-            work.rmdir()
-        print("stopped", flush=True)
+        if pg is not None:
+            pg.close()
+        crashed = [i for i, p in enumerate(procs) if p.returncode not in (0, -signal.SIGTERM)]
+        if crashed:
+            # Keep the logs of a server that did not stop cleanly: they say why.
+            print(
+                f"stopped; servers {crashed} did not exit cleanly, their logs are kept in {work}", flush=True
+            )
+        else:
+            with contextlib.suppress(OSError):
+                for f in work.iterdir():
+                    f.unlink()
+                work.rmdir()
+            print("stopped", flush=True)
     return 0
 
 

@@ -113,3 +113,59 @@ def test_a_busy_port_is_one_line_and_exit_2_before_the_data_folder_exists(tmp_pa
         f"statekeeper: cannot start: 127.0.0.1:{port} is already in use (another statekeeper? choose another --listen)"
     ]
     assert not data.exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (
+            ["--listen", "0.0.0.0:50051"],
+            "--listen (advertised, as no --advertise is given) 0.0.0.0:50051 is a wildcard",
+        ),
+        (["--listen", "[::]:50051"], "is a wildcard"),
+        (
+            ["--listen", "127.0.0.1:0", "--advertise", "0.0.0.0:7000"],
+            "--advertise 0.0.0.0:7000 is a wildcard",
+        ),
+        (["--listen", "127.0.0.1:0", "--advertise", "10.0.0.5:0"], "--advertise 10.0.0.5:0 needs the port"),
+    ],
+)
+def test_cluster_mode_refuses_an_address_other_servers_cannot_reach(
+    capsys: pytest.CaptureFixture[str], flags: list[str], says: str
+) -> None:
+    """A server advertising a wildcard would take shards nobody could forward calls to."""
+    with pytest.raises(SystemExit) as exit_:
+        parse(["--store", "postgresql://u@127.0.0.1:5432/db", *flags], {})
+    assert exit_.value.code == 2 and says in capsys.readouterr().err
+    # The embedded store has no peers: a wildcard listen address is fine there.
+    assert parse(["--listen", "0.0.0.0:50051"], {}).listen == "0.0.0.0:50051"
+    # A port chosen at bind time is advertised as bound.
+    assert (
+        parse(["--store", "postgresql://u@127.0.0.1:5432/db", "--listen", "127.0.0.1:0"], {}).advertise == ""
+    )
+
+
+def test_an_unreachable_postgresql_at_start_exits_75_so_a_supervisor_starts_it_again(tmp_path: Path) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, never listening: connections are refused
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "statekeeper",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--store",
+                f"postgresql://statekeeper@127.0.0.1:{port}/statekeeper",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 75, result
+    assert (
+        f"cannot connect to PostgreSQL at postgresql://statekeeper@127.0.0.1:{port}/statekeeper"
+        in result.stderr
+    )

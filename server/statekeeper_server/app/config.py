@@ -88,7 +88,7 @@ _HELP = {
     "advertise": "cluster mode: the host:port other servers reach this one at (empty: the listen address)",
     "shards": "cluster mode: logical shards of a new store (fixed when the store is created)",
     "lease_s": "cluster mode: shard lease time: a dead server's shards move within about this long",
-    "fsync": "fsync every commit group before answering (true/false); false: a power loss or OS crash can lose acknowledged writes",
+    "fsync": "fsync every commit group before answering (true/false); false: a power loss or OS crash can lose acknowledged writes (embedded store only: with --store, PostgreSQL's own settings decide)",
     "request_ttl_s": "seconds a request_id's outcome is kept for retries",
     "max_message_bytes": "largest gRPC message accepted or sent, in bytes",
     "max_concurrent_rpcs": "calls in flight beyond this are refused with RESOURCE_EXHAUSTED (open streams count under --max-subscribers instead)",
@@ -97,7 +97,7 @@ _HELP = {
     "log_format": "json, text, or auto (json unless stderr is a terminal)",
     "ready_file": "write a JSON file with the bound address once serving (for scripts and tests)",
     "savepoint_keep": "complete savepoints kept per run when the run does not set keep_count (at least 1)",
-    "backup_dir": "folder that CreateBackup (statekeeper backup) writes backups into, one folder each",
+    "backup_dir": "folder that CreateBackup (statekeeper backup) writes backups into, one folder each (embedded store only: with --store, back up with PostgreSQL's tools)",
     "event_retention_revisions": "events of at least this many newest revisions are kept",
     "event_retention_age_s": "events younger than this many seconds are kept too (0: no age rule)",
     "event_retention_max_revisions": "hard cap: durable consumers cannot hold back more revisions than this (0: no cap)",
@@ -235,11 +235,34 @@ def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) 
             parser.error(f"--{name.replace('_', '-')} must be smaller than --max-message-bytes")
     if args["store"] and not args["store"].startswith(("postgresql://", "postgres://")):
         parser.error("--store must be a postgresql://USER[:PASSWORD]@HOST:PORT/DB address")
+    if args["store"]:
+        why = _unreachable_by_peers(args["advertise"] or args["listen"], explicit=bool(args["advertise"]))
+        if why:
+            parser.error(why)
     if not 1 <= args["shards"] <= 4096:
         parser.error("--shards must be between 1 and 4096")
     if args["lease_s"] < 0.5:
         parser.error("--lease-s must be at least 0.5")
     return Config(**args, limits=limits)
+
+
+_WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]", "*"}
+
+
+def _unreachable_by_peers(address: str, explicit: bool) -> str:
+    """Why other servers could not reach this one at `address` (empty: they can, as far as the
+    address tells). A server advertising a wildcard would take shards that nobody can forward
+    to, leaving their trees unwritable through every other server."""
+    host, _, port = address.rpartition(":")
+    flag = "--advertise" if explicit else "--listen (advertised, as no --advertise is given)"
+    if host in _WILDCARD_HOSTS:
+        return (
+            f"{flag} {address} is a wildcard: other servers cannot reach this one there; "
+            "give --advertise HOST:PORT, the address they can reach"
+        )
+    if explicit and (not port.isdigit() or int(port) == 0):
+        return f"--advertise {address} needs the port other servers reach this one at (HOST:PORT, not 0)"
+    return ""
 
 
 def _ms(seconds: float) -> int:

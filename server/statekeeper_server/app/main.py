@@ -12,7 +12,9 @@ from statekeeper_server.app import config as config_mod
 from statekeeper_server.app import logs
 from statekeeper_server.app.security import ConfigError
 from statekeeper_server.app.server import serve
-from statekeeper_server.storage.base import StoreError
+from statekeeper_server.storage.base import StoreError, StoreUnreachable
+
+EX_TEMPFAIL = 75  # sysexits.h: a temporary failure, worth trying again
 
 
 def listen_address_in_use(listen: str) -> str | None:
@@ -68,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as e:
         logging.getLogger("statekeeper").error("cannot start: %s", e)
         print(f"statekeeper: cannot start: {e}", file=sys.stderr)
-        return 2
+        # A store that cannot be reached now may be back soon: a supervisor should start the
+        # server again (deploy/statekeeper.service does not restart on 2, a configuration error).
+        return EX_TEMPFAIL if isinstance(e, StoreUnreachable) else 2
     except OSError as e:
         logging.getLogger("statekeeper").error("cannot start: %s", e)
         print(f"statekeeper: cannot start: {e}", file=sys.stderr)

@@ -175,6 +175,11 @@ class StoreError(Exception):
     """The store cannot be opened or used; the message says why in words a person can act on."""
 
 
+class StoreUnreachable(StoreError):
+    """The store cannot be reached now (a database server down or failing over): starting again
+    later may work, so the server exits with a temporary-failure code (EX_TEMPFAIL, 75)."""
+
+
 class BackupNotSupported(StoreError):
     """This store's backups are made with its own tools (the message says which)."""
 

@@ -217,12 +217,12 @@ class Forwarder:
 async def _relay_error(context: grpc.aio.ServicerContext[Any, Any], error: grpc.aio.AioRpcError) -> None:
     trailing = [(k, v) for k, v in (error.trailing_metadata() or ()) if k == "grpc-status-details-bin"]
     if not trailing and error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
-        # The owner went away mid-call (a transport error, no status of ours): say so in our
+        # The owner could not be reached or went away mid-call (a transport error, no status of ours): say so in our
         # words, so the caller knows it is the owner, not this server, and retries.
         code, message, details = rich_status(
             Unavailable(
                 "SHARD_OWNER_UNREACHABLE",
-                f"the server owning this call's shard went away ({error.details()}); retry with the "
+                f"the server owning this call's shard is unreachable ({error.details()}); retry with the "
                 "same request_id (another server takes its shards within the lease time)",
             )
         )

@@ -50,6 +50,7 @@ from statekeeper_server.storage.base import (
     OutcomeUnknown,
     ShardsLost,
     StoreError,
+    StoreUnreachable,
 )
 from statekeeper_server.storage.postgres.schema import CREATE, FORMAT_VERSION, KEYSPACE_IDS
 
@@ -353,6 +354,8 @@ class PgStore:
                 dsn, min_size=2, max_size=pool_size, command_timeout=30, timeout=10
             )
         except (OSError, asyncpg.PostgresError, TimeoutError) as e:
+            if isinstance(e, OSError | TimeoutError | asyncpg.CannotConnectNowError):  # down, starting
+                raise StoreUnreachable(f"cannot connect to PostgreSQL at {_safe(dsn)}: {e}") from e
             raise StoreError(f"cannot connect to PostgreSQL at {_safe(dsn)}: {e}") from e
         assert pool is not None
         store = cls(dsn, pool, shard_count)
