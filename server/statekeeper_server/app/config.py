@@ -9,7 +9,7 @@ import os
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, NoReturn
 
 from statekeeper_server.domain.limits import Limits
 from statekeeper_server.domain.tasks import TaskSettings
@@ -165,6 +165,12 @@ def read_config_file(path: str) -> dict[str, Any]:
     return {name.replace("-", "_"): value for name, value in values.items()}
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line that says what is wrong, not the usage of every flag above it.
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(
     environ: dict[str, str] | os._Environ[str] | None = None, file_values: dict[str, Any] | None = None
 ) -> argparse.ArgumentParser:
@@ -173,7 +179,7 @@ def build_parser(
     env = os.environ if environ is None else environ
     file_values = dict(file_values or {})
     defaults = Config()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="statekeeper serve",
         description="Run the statekeeper gRPC server.",
         epilog=f"Every flag can also be set as an environment variable, e.g. {ENV_PREFIX}DATA_DIR, or "
