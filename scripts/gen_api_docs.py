@@ -28,6 +28,8 @@ from google.protobuf import descriptor_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
+# Vendored google.rpc protos: imported by proto/, their code comes from googleapis-common-protos.
+THIRD_PARTY = ROOT / "third_party" / "proto"
 PACKAGE_DIR = Path("statekeeper") / "v1"
 OUT = ROOT / "docs" / "api.md"
 OPERATIONS = ROOT / "docs" / "operations.md"
@@ -73,6 +75,7 @@ def compile_protos() -> descriptor_pb2.FileDescriptorSet:
                 "-m",
                 "grpc_tools.protoc",
                 f"--proto_path={PROTO_ROOT}",
+                f"--proto_path={THIRD_PARTY}",
                 "--include_source_info",
                 f"--descriptor_set_out={out}",
                 *protos,

@@ -20,6 +20,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
+# Vendored google.rpc protos: imported by proto/, their code comes from googleapis-common-protos.
+THIRD_PARTY = ROOT / "third_party" / "proto"
 PACKAGE_DIR = Path("statekeeper") / "v1"
 OUT_ROOT = ROOT / "client"
 BIN_DIR = Path(sys.executable).parent
@@ -33,6 +35,7 @@ def generate(out_root: Path) -> None:
         "-m",
         "grpc_tools.protoc",
         f"--proto_path={PROTO_ROOT}",
+        f"--proto_path={THIRD_PARTY}",
         # The plugins live beside the interpreter (the project's venv), not necessarily on PATH.
         f"--plugin=protoc-gen-mypy={BIN_DIR / 'protoc-gen-mypy'}",
         f"--plugin=protoc-gen-mypy_grpc={BIN_DIR / 'protoc-gen-mypy_grpc'}",

@@ -22,11 +22,13 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from statekeeper.v1 import common_pb2 as statekeeper_dot_v1_dot_common__pb2
 from statekeeper.v1 import task_pb2 as statekeeper_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19statekeeper/v1/node.proto\x12\x0estatekeeper.v1\x1a\x1bstatekeeper/v1/common.proto\x1a\x19statekeeper/v1/task.proto\"\xd2\x02\n\x04Node\x12$\n\x03ref\x18\x01 \x01(\x0b\x32\x17.statekeeper.v1.NodeRef\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x14\n\x0ctype_version\x18\x03 \x01(\r\x12\r\n\x05state\x18\x04 \x01(\t\x12\"\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x14.statekeeper.v1.Data\x12\x18\n\x10transition_count\x18\x06 \x01(\x03\x12\x17\n\x0f\x63reate_revision\x18\x07 \x01(\x03\x12\x17\n\x0fupdate_revision\x18\x08 \x01(\x03\x12\x10\n\x08terminal\x18\t \x01(\x08\x12;\n\x0c\x63hild_counts\x18\n \x03(\x0b\x32%.statekeeper.v1.Node.ChildCountsEntry\x1a\x32\n\x10\x43hildCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"{\n\x11\x43reateRootRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\"\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x14.statekeeper.v1.Data\x12\x14\n\x0ctype_version\x18\x04 \x01(\r\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"J\n\x12\x43reateRootResponse\x12\"\n\x04node\x18\x01 \x01(\x0b\x32\x14.statekeeper.v1.Node\x12\x10\n\x08revision\x18\x02 \x01(\x03\"\xae\x01\n\x0f\x41\x64\x64\x43hildRequest\x12\'\n\x06parent\x18\x01 \x01(\x0b\x32\x17.statekeeper.v1.NodeRef\x12$\n\x03key\x18\x02 \x01(\x0b\x32\x17.statekeeper.v1.NodeKey\x12\"\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x14.statekeeper.v1.Data\x12\x14\n\x0ctype_version\x18\x04 \x01(\r\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"H\n\x10\x41\x64\x64\x43hildResponse\x12\"\n\x04node\x18\x01 \x01(\x0b\x32\x14.statekeeper.v1.Node\x12\x10\n\x08revision\x18\x02 \x01(\x03\"7\n\x0eGetNodeRequest\x12%\n\x04node\x18\x01 \x01(\x0b\x32\x17.statekeeper.v1.NodeRef\"5\n\x0fGetNodeResponse\x12\"\n\x04node\x18\x01 \x01(\x0b\x32\x14.statekeeper.v1.Node\"s\n\x13ListChildrenRequest\x12\'\n\x06parent\x18\x01 \x01(\x0b\x32\x17.statekeeper.v1.NodeRef\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"T\n\x14ListChildrenResponse\x12#\n\x05nodes\x18\x01 \x03(\x0b\x32\x14.statekeeper.v1.Node\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"_\n\x0fWalkTreeRequest\x12%\n\x04node\x18\x01 \x01(\x0b\x32\x17.statekeeper.v1.NodeRef\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"P\n\x10WalkTreeResponse\x12#\n\x05nodes\x18\x01 \x03(\x0b\x32\x14.statekeeper.v1.Node\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"N\n\x11\x44\x65leteNodeRequest\x12%\n\x04node\x18\x01 \x01(\x0b\x32\x17.statekeeper.v1.NodeRef\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"=\n\x12\x44\x65leteNodeResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x15\n\rdeleted_count\x18\x02 \x01(\x03\"?\n\tTaskInput\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x02 \x01(\x03\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\"\x81\x02\n\x16\x41pplyTransitionRequest\x12%\n\x04node\x18\x01 \x01(\x0b\x32\x17.statekeeper.v1.NodeRef\x12\x12\n\ntransition\x18\x02 \x01(\t\x12\"\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x14.statekeeper.v1.Data\x12&\n\x19\x65xpected_transition_count\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12.\n\x0btask_inputs\x18\x06 \x03(\x0b\x32\x19.statekeeper.v1.TaskInputB\x1c\n\x1a_expected_transition_count\"\x88\x01\n\x17\x41pplyTransitionResponse\x12\"\n\x04node\x18\x01 \x01(\x0b\x32\x14.statekeeper.v1.Node\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x12\n\nfrom_state\x18\x03 \x01(\t\x12#\n\x05tasks\x18\x04 \x03(\x0b\x32\x14.statekeeper.v1.Task\"\x8b\x02\n\x0e\x42\x61tchOperation\x12\x38\n\x0b\x63reate_root\x18\x01 \x01(\x0b\x32!.statekeeper.v1.CreateRootRequestH\x00\x12\x34\n\tadd_child\x18\x02 \x01(\x0b\x32\x1f.statekeeper.v1.AddChildRequestH\x00\x12\x42\n\x10\x61pply_transition\x18\x03 \x01(\x0b\x32&.statekeeper.v1.ApplyTransitionRequestH\x00\x12\x38\n\x0b\x64\x65lete_node\x18\x04 \x01(\x0b\x32!.statekeeper.v1.DeleteNodeRequestH\x00\x42\x0b\n\toperation\"\x89\x02\n\x0b\x42\x61tchResult\x12\x39\n\x0b\x63reate_root\x18\x01 \x01(\x0b\x32\".statekeeper.v1.CreateRootResponseH\x00\x12\x35\n\tadd_child\x18\x02 \x01(\x0b\x32 .statekeeper.v1.AddChildResponseH\x00\x12\x43\n\x10\x61pply_transition\x18\x03 \x01(\x0b\x32\'.statekeeper.v1.ApplyTransitionResponseH\x00\x12\x39\n\x0b\x64\x65lete_node\x18\x04 \x01(\x0b\x32\".statekeeper.v1.DeleteNodeResponseH\x00\x42\x08\n\x06result\"]\n\x13\x45xecuteBatchRequest\x12\x32\n\noperations\x18\x01 \x03(\x0b\x32\x1e.statekeeper.v1.BatchOperation\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"V\n\x14\x45xecuteBatchResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12,\n\x07results\x18\x02 \x03(\x0b\x32\x1b.statekeeper.v1.BatchResult\"\x90\x01\n\x10ListNodesRequest\x12\x14\n\x0cmachine_type\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x30\n\x06status\x18\x03 \x01(\x0e\x32 .statekeeper.v1.NodeStatusFilter\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"Q\n\x11ListNodesResponse\x12#\n\x05nodes\x18\x01 \x03(\x0b\x32\x14.statekeeper.v1.Node\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*v\n\x10NodeStatusFilter\x12\"\n\x1eNODE_STATUS_FILTER_UNSPECIFIED\x10\x00\x12\x1d\n\x19NODE_STATUS_FILTER_ACTIVE\x10\x01\x12\x1f\n\x1bNODE_STATUS_FILTER_TERMINAL\x10\x02\x32\x8d\x06\n\x0bNodeService\x12S\n\nCreateRoot\x12!.statekeeper.v1.CreateRootRequest\x1a\".statekeeper.v1.CreateRootResponse\x12M\n\x08\x41\x64\x64\x43hild\x12\x1f.statekeeper.v1.AddChildRequest\x1a .statekeeper.v1.AddChildResponse\x12J\n\x07GetNode\x12\x1e.statekeeper.v1.GetNodeRequest\x1a\x1f.statekeeper.v1.GetNodeResponse\x12Y\n\x0cListChildren\x12#.statekeeper.v1.ListChildrenRequest\x1a$.statekeeper.v1.ListChildrenResponse\x12M\n\x08WalkTree\x12\x1f.statekeeper.v1.WalkTreeRequest\x1a .statekeeper.v1.WalkTreeResponse\x12S\n\nDeleteNode\x12!.statekeeper.v1.DeleteNodeRequest\x1a\".statekeeper.v1.DeleteNodeResponse\x12\x62\n\x0f\x41pplyTransition\x12&.statekeeper.v1.ApplyTransitionRequest\x1a\'.statekeeper.v1.ApplyTransitionResponse\x12Y\n\x0c\x45xecuteBatch\x12#.statekeeper.v1.ExecuteBatchRequest\x1a$.statekeeper.v1.ExecuteBatchResponse\x12P\n\tListNodes\x12 .statekeeper.v1.ListNodesRequest\x1a!.statekeeper.v1.ListNodesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19statekeeper/v1/node.proto\x12\x0estatekeeper.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17google/rpc/status.proto\x1a\x1bstatekeeper/v1/common.proto\x1a\x19statekeeper/v1/task.proto\"\xd2\x02\n\x04Node\x12$\n\x03ref\x18\x01 \x01(\x0b\x32\x17.statekeeper.v1.NodeRef\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x14\n\x0ctype_version\x18\x03 \x01(\r\x12\r\n\x05state\x18\x04 \x01(\t\x12\"\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x14.statekeeper.v1.Data\x12\x18\n\x10transition_count\x18\x06 \x01(\x03\x12\x17\n\x0f\x63reate_revision\x18\x07 \x01(\x03\x12\x17\n\x0fupdate_revision\x18\x08 \x01(\x03\x12\x10\n\x08terminal\x18\t \x01(\x08\x12;\n\x0c\x63hild_counts\x18\n \x03(\x0b\x32%.statekeeper.v1.Node.ChildCountsEntry\x1a\x32\n\x10\x43hildCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"{\n\x11\x43reateRootRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\"\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x14.statekeeper.v1.Data\x12\x14\n\x0ctype_version\x18\x04 \x01(\r\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"J\n\x12\x43reateRootResponse\x12\"\n\x04node\x18\x01 \x01(\x0b\x32\x14.statekeeper.v1.Node\x12\x10\n\x08revision\x18\x02 \x01(\x03\"\xae\x01\n\x0f\x41\x64\x64\x43hildRequest\x12\'\n\x06parent\x18\x01 \x01(\x0b\x32\x17.statekeeper.v1.NodeRef\x12$\n\x03key\x18\x02 \x01(\x0b\x32\x17.statekeeper.v1.NodeKey\x12\"\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x14.statekeeper.v1.Data\x12\x14\n\x0ctype_version\x18\x04 \x01(\r\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"H\n\x10\x41\x64\x64\x43hildResponse\x12\"\n\x04node\x18\x01 \x01(\x0b\x32\x14.statekeeper.v1.Node\x12\x10\n\x08revision\x18\x02 \x01(\x03\"7\n\x0eGetNodeRequest\x12%\n\x04node\x18\x01 \x01(\x0b\x32\x17.statekeeper.v1.NodeRef\"5\n\x0fGetNodeResponse\x12\"\n\x04node\x18\x01 \x01(\x0b\x32\x14.statekeeper.v1.Node\"s\n\x13ListChildrenRequest\x12\'\n\x06parent\x18\x01 \x01(\x0b\x32\x17.statekeeper.v1.NodeRef\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"T\n\x14ListChildrenResponse\x12#\n\x05nodes\x18\x01 \x03(\x0b\x32\x14.statekeeper.v1.Node\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"_\n\x0fWalkTreeRequest\x12%\n\x04node\x18\x01 \x01(\x0b\x32\x17.statekeeper.v1.NodeRef\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"P\n\x10WalkTreeResponse\x12#\n\x05nodes\x18\x01 \x03(\x0b\x32\x14.statekeeper.v1.Node\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"N\n\x11\x44\x65leteNodeRequest\x12%\n\x04node\x18\x01 \x01(\x0b\x32\x17.statekeeper.v1.NodeRef\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"=\n\x12\x44\x65leteNodeResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x15\n\rdeleted_count\x18\x02 \x01(\x03\"?\n\tTaskInput\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x02 \x01(\x03\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\"\x81\x02\n\x16\x41pplyTransitionRequest\x12%\n\x04node\x18\x01 \x01(\x0b\x32\x17.statekeeper.v1.NodeRef\x12\x12\n\ntransition\x18\x02 \x01(\t\x12\"\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x14.statekeeper.v1.Data\x12&\n\x19\x65xpected_transition_count\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12.\n\x0btask_inputs\x18\x06 \x03(\x0b\x32\x19.statekeeper.v1.TaskInputB\x1c\n\x1a_expected_transition_count\"\x88\x01\n\x17\x41pplyTransitionResponse\x12\"\n\x04node\x18\x01 \x01(\x0b\x32\x14.statekeeper.v1.Node\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x12\n\nfrom_state\x18\x03 \x01(\t\x12#\n\x05tasks\x18\x04 \x03(\x0b\x32\x14.statekeeper.v1.Task\"\x8b\x02\n\x0e\x42\x61tchOperation\x12\x38\n\x0b\x63reate_root\x18\x01 \x01(\x0b\x32!.statekeeper.v1.CreateRootRequestH\x00\x12\x34\n\tadd_child\x18\x02 \x01(\x0b\x32\x1f.statekeeper.v1.AddChildRequestH\x00\x12\x42\n\x10\x61pply_transition\x18\x03 \x01(\x0b\x32&.statekeeper.v1.ApplyTransitionRequestH\x00\x12\x38\n\x0b\x64\x65lete_node\x18\x04 \x01(\x0b\x32!.statekeeper.v1.DeleteNodeRequestH\x00\x42\x0b\n\toperation\"\x89\x02\n\x0b\x42\x61tchResult\x12\x39\n\x0b\x63reate_root\x18\x01 \x01(\x0b\x32\".statekeeper.v1.CreateRootResponseH\x00\x12\x35\n\tadd_child\x18\x02 \x01(\x0b\x32 .statekeeper.v1.AddChildResponseH\x00\x12\x43\n\x10\x61pply_transition\x18\x03 \x01(\x0b\x32\'.statekeeper.v1.ApplyTransitionResponseH\x00\x12\x39\n\x0b\x64\x65lete_node\x18\x04 \x01(\x0b\x32\".statekeeper.v1.DeleteNodeResponseH\x00\x42\x08\n\x06result\"]\n\x13\x45xecuteBatchRequest\x12\x32\n\noperations\x18\x01 \x03(\x0b\x32\x1e.statekeeper.v1.BatchOperation\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"V\n\x14\x45xecuteBatchResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12,\n\x07results\x18\x02 \x03(\x0b\x32\x1b.statekeeper.v1.BatchResult\"\x90\x01\n\x10ListNodesRequest\x12\x14\n\x0cmachine_type\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x30\n\x06status\x18\x03 \x01(\x0e\x32 .statekeeper.v1.NodeStatusFilter\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"Q\n\x11ListNodesResponse\x12#\n\x05nodes\x18\x01 \x03(\x0b\x32\x14.statekeeper.v1.Node\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb5\x03\n\x14\x45xecuteStreamRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x42\n\x10\x61pply_transition\x18\x03 \x01(\x0b\x32&.statekeeper.v1.ApplyTransitionRequestH\x00\x12<\n\rexecute_batch\x18\x04 \x01(\x0b\x32#.statekeeper.v1.ExecuteBatchRequestH\x00\x12\x38\n\x0b\x63reate_root\x18\x05 \x01(\x0b\x32!.statekeeper.v1.CreateRootRequestH\x00\x12\x34\n\tadd_child\x18\x06 \x01(\x0b\x32\x1f.statekeeper.v1.AddChildRequestH\x00\x12\x38\n\x0b\x64\x65lete_node\x18\x07 \x01(\x0b\x32!.statekeeper.v1.DeleteNodeRequestH\x00\x12,\n\x06\x63\x61ncel\x18\x08 \x01(\x0b\x32\x1a.statekeeper.v1.CancelCallH\x00\x42\x06\n\x04\x63\x61ll\"\x0c\n\nCancelCall\"\x88\x03\n\x15\x45xecuteStreamResponse\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x12\x43\n\x10\x61pply_transition\x18\x03 \x01(\x0b\x32\'.statekeeper.v1.ApplyTransitionResponseH\x00\x12=\n\rexecute_batch\x18\x04 \x01(\x0b\x32$.statekeeper.v1.ExecuteBatchResponseH\x00\x12\x39\n\x0b\x63reate_root\x18\x05 \x01(\x0b\x32\".statekeeper.v1.CreateRootResponseH\x00\x12\x35\n\tadd_child\x18\x06 \x01(\x0b\x32 .statekeeper.v1.AddChildResponseH\x00\x12\x39\n\x0b\x64\x65lete_node\x18\x07 \x01(\x0b\x32\".statekeeper.v1.DeleteNodeResponseH\x00\x42\x08\n\x06result*v\n\x10NodeStatusFilter\x12\"\n\x1eNODE_STATUS_FILTER_UNSPECIFIED\x10\x00\x12\x1d\n\x19NODE_STATUS_FILTER_ACTIVE\x10\x01\x12\x1f\n\x1bNODE_STATUS_FILTER_TERMINAL\x10\x02\x32\xef\x06\n\x0bNodeService\x12S\n\nCreateRoot\x12!.statekeeper.v1.CreateRootRequest\x1a\".statekeeper.v1.CreateRootResponse\x12M\n\x08\x41\x64\x64\x43hild\x12\x1f.statekeeper.v1.AddChildRequest\x1a .statekeeper.v1.AddChildResponse\x12J\n\x07GetNode\x12\x1e.statekeeper.v1.GetNodeRequest\x1a\x1f.statekeeper.v1.GetNodeResponse\x12Y\n\x0cListChildren\x12#.statekeeper.v1.ListChildrenRequest\x1a$.statekeeper.v1.ListChildrenResponse\x12M\n\x08WalkTree\x12\x1f.statekeeper.v1.WalkTreeRequest\x1a .statekeeper.v1.WalkTreeResponse\x12S\n\nDeleteNode\x12!.statekeeper.v1.DeleteNodeRequest\x1a\".statekeeper.v1.DeleteNodeResponse\x12\x62\n\x0f\x41pplyTransition\x12&.statekeeper.v1.ApplyTransitionRequest\x1a\'.statekeeper.v1.ApplyTransitionResponse\x12Y\n\x0c\x45xecuteBatch\x12#.statekeeper.v1.ExecuteBatchRequest\x1a$.statekeeper.v1.ExecuteBatchResponse\x12P\n\tListNodes\x12 .statekeeper.v1.ListNodesRequest\x1a!.statekeeper.v1.ListNodesResponse\x12`\n\rExecuteStream\x12$.statekeeper.v1.ExecuteStreamRequest\x1a%.statekeeper.v1.ExecuteStreamResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,54 +37,60 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_NODE_CHILDCOUNTSENTRY']._loaded_options = None
   _globals['_NODE_CHILDCOUNTSENTRY']._serialized_options = b'8\001'
-  _globals['_NODESTATUSFILTER']._serialized_start=2946
-  _globals['_NODESTATUSFILTER']._serialized_end=3064
-  _globals['_NODE']._serialized_start=102
-  _globals['_NODE']._serialized_end=440
-  _globals['_NODE_CHILDCOUNTSENTRY']._serialized_start=390
-  _globals['_NODE_CHILDCOUNTSENTRY']._serialized_end=440
-  _globals['_CREATEROOTREQUEST']._serialized_start=442
-  _globals['_CREATEROOTREQUEST']._serialized_end=565
-  _globals['_CREATEROOTRESPONSE']._serialized_start=567
-  _globals['_CREATEROOTRESPONSE']._serialized_end=641
-  _globals['_ADDCHILDREQUEST']._serialized_start=644
-  _globals['_ADDCHILDREQUEST']._serialized_end=818
-  _globals['_ADDCHILDRESPONSE']._serialized_start=820
-  _globals['_ADDCHILDRESPONSE']._serialized_end=892
-  _globals['_GETNODEREQUEST']._serialized_start=894
-  _globals['_GETNODEREQUEST']._serialized_end=949
-  _globals['_GETNODERESPONSE']._serialized_start=951
-  _globals['_GETNODERESPONSE']._serialized_end=1004
-  _globals['_LISTCHILDRENREQUEST']._serialized_start=1006
-  _globals['_LISTCHILDRENREQUEST']._serialized_end=1121
-  _globals['_LISTCHILDRENRESPONSE']._serialized_start=1123
-  _globals['_LISTCHILDRENRESPONSE']._serialized_end=1207
-  _globals['_WALKTREEREQUEST']._serialized_start=1209
-  _globals['_WALKTREEREQUEST']._serialized_end=1304
-  _globals['_WALKTREERESPONSE']._serialized_start=1306
-  _globals['_WALKTREERESPONSE']._serialized_end=1386
-  _globals['_DELETENODEREQUEST']._serialized_start=1388
-  _globals['_DELETENODEREQUEST']._serialized_end=1466
-  _globals['_DELETENODERESPONSE']._serialized_start=1468
-  _globals['_DELETENODERESPONSE']._serialized_end=1529
-  _globals['_TASKINPUT']._serialized_start=1531
-  _globals['_TASKINPUT']._serialized_end=1594
-  _globals['_APPLYTRANSITIONREQUEST']._serialized_start=1597
-  _globals['_APPLYTRANSITIONREQUEST']._serialized_end=1854
-  _globals['_APPLYTRANSITIONRESPONSE']._serialized_start=1857
-  _globals['_APPLYTRANSITIONRESPONSE']._serialized_end=1993
-  _globals['_BATCHOPERATION']._serialized_start=1996
-  _globals['_BATCHOPERATION']._serialized_end=2263
-  _globals['_BATCHRESULT']._serialized_start=2266
-  _globals['_BATCHRESULT']._serialized_end=2531
-  _globals['_EXECUTEBATCHREQUEST']._serialized_start=2533
-  _globals['_EXECUTEBATCHREQUEST']._serialized_end=2626
-  _globals['_EXECUTEBATCHRESPONSE']._serialized_start=2628
-  _globals['_EXECUTEBATCHRESPONSE']._serialized_end=2714
-  _globals['_LISTNODESREQUEST']._serialized_start=2717
-  _globals['_LISTNODESREQUEST']._serialized_end=2861
-  _globals['_LISTNODESRESPONSE']._serialized_start=2863
-  _globals['_LISTNODESRESPONSE']._serialized_end=2944
-  _globals['_NODESERVICE']._serialized_start=3067
-  _globals['_NODESERVICE']._serialized_end=3848
+  _globals['_NODESTATUSFILTER']._serialized_start=3852
+  _globals['_NODESTATUSFILTER']._serialized_end=3970
+  _globals['_NODE']._serialized_start=159
+  _globals['_NODE']._serialized_end=497
+  _globals['_NODE_CHILDCOUNTSENTRY']._serialized_start=447
+  _globals['_NODE_CHILDCOUNTSENTRY']._serialized_end=497
+  _globals['_CREATEROOTREQUEST']._serialized_start=499
+  _globals['_CREATEROOTREQUEST']._serialized_end=622
+  _globals['_CREATEROOTRESPONSE']._serialized_start=624
+  _globals['_CREATEROOTRESPONSE']._serialized_end=698
+  _globals['_ADDCHILDREQUEST']._serialized_start=701
+  _globals['_ADDCHILDREQUEST']._serialized_end=875
+  _globals['_ADDCHILDRESPONSE']._serialized_start=877
+  _globals['_ADDCHILDRESPONSE']._serialized_end=949
+  _globals['_GETNODEREQUEST']._serialized_start=951
+  _globals['_GETNODEREQUEST']._serialized_end=1006
+  _globals['_GETNODERESPONSE']._serialized_start=1008
+  _globals['_GETNODERESPONSE']._serialized_end=1061
+  _globals['_LISTCHILDRENREQUEST']._serialized_start=1063
+  _globals['_LISTCHILDRENREQUEST']._serialized_end=1178
+  _globals['_LISTCHILDRENRESPONSE']._serialized_start=1180
+  _globals['_LISTCHILDRENRESPONSE']._serialized_end=1264
+  _globals['_WALKTREEREQUEST']._serialized_start=1266
+  _globals['_WALKTREEREQUEST']._serialized_end=1361
+  _globals['_WALKTREERESPONSE']._serialized_start=1363
+  _globals['_WALKTREERESPONSE']._serialized_end=1443
+  _globals['_DELETENODEREQUEST']._serialized_start=1445
+  _globals['_DELETENODEREQUEST']._serialized_end=1523
+  _globals['_DELETENODERESPONSE']._serialized_start=1525
+  _globals['_DELETENODERESPONSE']._serialized_end=1586
+  _globals['_TASKINPUT']._serialized_start=1588
+  _globals['_TASKINPUT']._serialized_end=1651
+  _globals['_APPLYTRANSITIONREQUEST']._serialized_start=1654
+  _globals['_APPLYTRANSITIONREQUEST']._serialized_end=1911
+  _globals['_APPLYTRANSITIONRESPONSE']._serialized_start=1914
+  _globals['_APPLYTRANSITIONRESPONSE']._serialized_end=2050
+  _globals['_BATCHOPERATION']._serialized_start=2053
+  _globals['_BATCHOPERATION']._serialized_end=2320
+  _globals['_BATCHRESULT']._serialized_start=2323
+  _globals['_BATCHRESULT']._serialized_end=2588
+  _globals['_EXECUTEBATCHREQUEST']._serialized_start=2590
+  _globals['_EXECUTEBATCHREQUEST']._serialized_end=2683
+  _globals['_EXECUTEBATCHRESPONSE']._serialized_start=2685
+  _globals['_EXECUTEBATCHRESPONSE']._serialized_end=2771
+  _globals['_LISTNODESREQUEST']._serialized_start=2774
+  _globals['_LISTNODESREQUEST']._serialized_end=2918
+  _globals['_LISTNODESRESPONSE']._serialized_start=2920
+  _globals['_LISTNODESRESPONSE']._serialized_end=3001
+  _globals['_EXECUTESTREAMREQUEST']._serialized_start=3004
+  _globals['_EXECUTESTREAMREQUEST']._serialized_end=3441
+  _globals['_CANCELCALL']._serialized_start=3443
+  _globals['_CANCELCALL']._serialized_end=3455
+  _globals['_EXECUTESTREAMRESPONSE']._serialized_start=3458
+  _globals['_EXECUTESTREAMRESPONSE']._serialized_end=3850
+  _globals['_NODESERVICE']._serialized_start=3973
+  _globals['_NODESERVICE']._serialized_end=4852
 # @@protoc_insertion_point(module_scope)

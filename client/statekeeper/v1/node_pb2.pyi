@@ -5,9 +5,11 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import status_pb2 as _status_pb2
 from statekeeper.v1 import common_pb2 as _common_pb2
 from statekeeper.v1 import task_pb2 as _task_pb2
 import builtins as _builtins
@@ -828,3 +830,158 @@ class ListNodesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListNodesResponse: _TypeAlias = ListNodesResponse  # noqa: Y015
+
+@_typing.final
+class ExecuteStreamRequest(_message.Message):
+    """ExecuteStreamRequest is one call of an ExecuteStream, or the cancellation of one."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    APPLY_TRANSITION_FIELD_NUMBER: _builtins.int
+    EXECUTE_BATCH_FIELD_NUMBER: _builtins.int
+    CREATE_ROOT_FIELD_NUMBER: _builtins.int
+    ADD_CHILD_FIELD_NUMBER: _builtins.int
+    DELETE_NODE_FIELD_NUMBER: _builtins.int
+    CANCEL_FIELD_NUMBER: _builtins.int
+    call_id: _builtins.int
+    """Chosen by the client to match the response to its call, and echoed as is. Give each call
+    in flight on the stream its own id (the server does not check).
+    """
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """Deadline of this call, counted from when the server reads it, like a unary call's gRPC
+        deadline: once it has passed, the call ends with DEADLINE_EXCEEDED (a write already
+        queued still commits, and a retry with its request_id returns that outcome). Not set:
+        only the stream's deadline applies, if it has one. Negative: INVALID_ARGUMENT.
+        """
+
+    @_builtins.property
+    def apply_transition(self) -> Global___ApplyTransitionRequest:
+        """An ApplyTransition call."""
+
+    @_builtins.property
+    def execute_batch(self) -> Global___ExecuteBatchRequest:
+        """An ExecuteBatch call."""
+
+    @_builtins.property
+    def create_root(self) -> Global___CreateRootRequest:
+        """A CreateRoot call."""
+
+    @_builtins.property
+    def add_child(self) -> Global___AddChildRequest:
+        """An AddChild call."""
+
+    @_builtins.property
+    def delete_node(self) -> Global___DeleteNodeRequest:
+        """A DeleteNode call."""
+
+    @_builtins.property
+    def cancel(self) -> Global___CancelCall:
+        """Cancels the call in flight under this call_id, as cancelling a unary call does: it is
+        answered CANCELLED (a write already queued still commits). No call of that id in
+        flight: nothing happens. A cancellation itself is not answered.
+        """
+
+    def __init__(
+        self,
+        *,
+        call_id: _builtins.int = ...,
+        timeout: _duration_pb2.Duration | None = ...,
+        apply_transition: Global___ApplyTransitionRequest | None = ...,
+        execute_batch: Global___ExecuteBatchRequest | None = ...,
+        create_root: Global___CreateRootRequest | None = ...,
+        add_child: Global___AddChildRequest | None = ...,
+        delete_node: Global___DeleteNodeRequest | None = ...,
+        cancel: Global___CancelCall | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["add_child", b"add_child", "apply_transition", b"apply_transition", "call", b"call", "cancel", b"cancel", "create_root", b"create_root", "delete_node", b"delete_node", "execute_batch", b"execute_batch", "timeout", b"timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add_child", b"add_child", "apply_transition", b"apply_transition", "call", b"call", "call_id", b"call_id", "cancel", b"cancel", "create_root", b"create_root", "delete_node", b"delete_node", "execute_batch", b"execute_batch", "timeout", b"timeout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_call: _TypeAlias = _typing.Literal["apply_transition", "execute_batch", "create_root", "add_child", "delete_node", "cancel"]  # noqa: Y015
+    _WhichOneofArgType_call: _TypeAlias = _typing.Literal["call", b"call"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_call) -> _WhichOneofReturnType_call | None: ...
+
+Global___ExecuteStreamRequest: _TypeAlias = ExecuteStreamRequest  # noqa: Y015
+
+@_typing.final
+class CancelCall(_message.Message):
+    """CancelCall cancels a call of an ExecuteStream (see ExecuteStreamRequest.cancel)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelCall: _TypeAlias = CancelCall  # noqa: Y015
+
+@_typing.final
+class ExecuteStreamResponse(_message.Message):
+    """ExecuteStreamResponse is the outcome of one call of an ExecuteStream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    APPLY_TRANSITION_FIELD_NUMBER: _builtins.int
+    EXECUTE_BATCH_FIELD_NUMBER: _builtins.int
+    CREATE_ROOT_FIELD_NUMBER: _builtins.int
+    ADD_CHILD_FIELD_NUMBER: _builtins.int
+    DELETE_NODE_FIELD_NUMBER: _builtins.int
+    call_id: _builtins.int
+    """The call_id of the call's request."""
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """The call failed: the status its unary call would have ended with (code, message and
+        details: an ErrorInfo with the reason and metadata, a BadRequest naming a bad field).
+        DEADLINE_EXCEEDED and CANCELLED carry no details, as from gRPC itself.
+        """
+
+    @_builtins.property
+    def apply_transition(self) -> Global___ApplyTransitionResponse:
+        """The outcome of an apply_transition call."""
+
+    @_builtins.property
+    def execute_batch(self) -> Global___ExecuteBatchResponse:
+        """The outcome of an execute_batch call."""
+
+    @_builtins.property
+    def create_root(self) -> Global___CreateRootResponse:
+        """The outcome of a create_root call."""
+
+    @_builtins.property
+    def add_child(self) -> Global___AddChildResponse:
+        """The outcome of an add_child call."""
+
+    @_builtins.property
+    def delete_node(self) -> Global___DeleteNodeResponse:
+        """The outcome of a delete_node call."""
+
+    def __init__(
+        self,
+        *,
+        call_id: _builtins.int = ...,
+        error: _status_pb2.Status | None = ...,
+        apply_transition: Global___ApplyTransitionResponse | None = ...,
+        execute_batch: Global___ExecuteBatchResponse | None = ...,
+        create_root: Global___CreateRootResponse | None = ...,
+        add_child: Global___AddChildResponse | None = ...,
+        delete_node: Global___DeleteNodeResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["add_child", b"add_child", "apply_transition", b"apply_transition", "create_root", b"create_root", "delete_node", b"delete_node", "error", b"error", "execute_batch", b"execute_batch", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add_child", b"add_child", "apply_transition", b"apply_transition", "call_id", b"call_id", "create_root", b"create_root", "delete_node", b"delete_node", "error", b"error", "execute_batch", b"execute_batch", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["error", "apply_transition", "execute_batch", "create_root", "add_child", "delete_node"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___ExecuteStreamResponse: _TypeAlias = ExecuteStreamResponse  # noqa: Y015

@@ -81,6 +81,11 @@ class NodeServiceStub(object):
                 request_serializer=statekeeper_dot_v1_dot_node__pb2.ListNodesRequest.SerializeToString,
                 response_deserializer=statekeeper_dot_v1_dot_node__pb2.ListNodesResponse.FromString,
                 _registered_method=True)
+        self.ExecuteStream = channel.stream_stream(
+                '/statekeeper.v1.NodeService/ExecuteStream',
+                request_serializer=statekeeper_dot_v1_dot_node__pb2.ExecuteStreamRequest.SerializeToString,
+                response_deserializer=statekeeper_dot_v1_dot_node__pb2.ExecuteStreamResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer(object):
@@ -155,6 +160,38 @@ class NodeServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExecuteStream(self, request_iterator, context):
+        """ExecuteStream pipelines write calls over one stream, the way database drivers do: each
+        request carries one call (an ApplyTransition, ExecuteBatch, CreateRoot, AddChild or
+        DeleteNode request) under a call_id the client chooses, and each call's response comes
+        back with that call_id as soon as the call completes, in any order. Calls that arrive
+        together commit in one group (one fsync). The unary methods stay for plain gRPC clients.
+
+        Each call is handled exactly as its unary method: the same validation, the same
+        admission (a call over the server's --max-concurrent-rpcs is answered RESOURCE_EXHAUSTED),
+        request_id semantics (a retry, on a stream or unary, returns the first outcome), commit
+        path and metrics (under the unary method's name), and in cluster mode the same forwarding
+        to the server owning the call's shard. Its error is the status the unary call would have
+        ended with, with the same ErrorInfo. The stream needs the write permission (so do all its
+        calls). Calls in flight are independent, as concurrent unary calls are: when one call must
+        see another's effect, send it after that one's response.
+
+        Limits and ending: at most 1000 calls are in flight per stream (read and not yet
+        answered); beyond that the server stops reading until one is answered (flow control holds
+        the client back; nothing is refused). After the client half-closes, the server answers
+        every call in flight, then ends the stream OK. The stream itself fails only when refused
+        at the start (UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAVAILABLE) or after
+        a request that does not parse (INVALID_ARGUMENT, reason MALFORMED_REQUEST; the calls in
+        flight are answered first). When the stream ends otherwise (cancelled, its deadline, the
+        connection lost, the server gone), every call in flight is cancelled as a unary call is
+        when its client disconnects: its outcome is unknown to the client (a write that was
+        already queued still commits). Retry those with the same request_id, as after UNAVAILABLE
+        (the Python SDK does); calls without one are not safe to retry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -202,6 +239,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.ListNodes,
                     request_deserializer=statekeeper_dot_v1_dot_node__pb2.ListNodesRequest.FromString,
                     response_serializer=statekeeper_dot_v1_dot_node__pb2.ListNodesResponse.SerializeToString,
+            ),
+            'ExecuteStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.ExecuteStream,
+                    request_deserializer=statekeeper_dot_v1_dot_node__pb2.ExecuteStreamRequest.FromString,
+                    response_serializer=statekeeper_dot_v1_dot_node__pb2.ExecuteStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -449,6 +491,33 @@ class NodeService(object):
             '/statekeeper.v1.NodeService/ListNodes',
             statekeeper_dot_v1_dot_node__pb2.ListNodesRequest.SerializeToString,
             statekeeper_dot_v1_dot_node__pb2.ListNodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExecuteStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/statekeeper.v1.NodeService/ExecuteStream',
+            statekeeper_dot_v1_dot_node__pb2.ExecuteStreamRequest.SerializeToString,
+            statekeeper_dot_v1_dot_node__pb2.ExecuteStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,34 @@ class NodeServiceStub:
     """ListNodes lists the nodes of one machine type: the active (non-terminal) ones, the
     terminal ones, or those in one state, from an index kept in the same commit as the nodes.
     """
+    ExecuteStream: _grpc.StreamStreamMultiCallable[_node_pb2.ExecuteStreamRequest, _node_pb2.ExecuteStreamResponse]
+    """ExecuteStream pipelines write calls over one stream, the way database drivers do: each
+    request carries one call (an ApplyTransition, ExecuteBatch, CreateRoot, AddChild or
+    DeleteNode request) under a call_id the client chooses, and each call's response comes
+    back with that call_id as soon as the call completes, in any order. Calls that arrive
+    together commit in one group (one fsync). The unary methods stay for plain gRPC clients.
+
+    Each call is handled exactly as its unary method: the same validation, the same
+    admission (a call over the server's --max-concurrent-rpcs is answered RESOURCE_EXHAUSTED),
+    request_id semantics (a retry, on a stream or unary, returns the first outcome), commit
+    path and metrics (under the unary method's name), and in cluster mode the same forwarding
+    to the server owning the call's shard. Its error is the status the unary call would have
+    ended with, with the same ErrorInfo. The stream needs the write permission (so do all its
+    calls). Calls in flight are independent, as concurrent unary calls are: when one call must
+    see another's effect, send it after that one's response.
+
+    Limits and ending: at most 1000 calls are in flight per stream (read and not yet
+    answered); beyond that the server stops reading until one is answered (flow control holds
+    the client back; nothing is refused). After the client half-closes, the server answers
+    every call in flight, then ends the stream OK. The stream itself fails only when refused
+    at the start (UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAVAILABLE) or after
+    a request that does not parse (INVALID_ARGUMENT, reason MALFORMED_REQUEST; the calls in
+    flight are answered first). When the stream ends otherwise (cancelled, its deadline, the
+    connection lost, the server gone), every call in flight is cancelled as a unary call is
+    when its client disconnects: its outcome is unknown to the client (a write that was
+    already queued still commits). Retry those with the same request_id, as after UNAVAILABLE
+    (the Python SDK does); calls without one are not safe to retry.
+    """
 
 @_typing.type_check_only
 class NodeServiceAsyncStub(NodeServiceStub):
@@ -92,6 +120,34 @@ class NodeServiceAsyncStub(NodeServiceStub):
     ListNodes: _aio.UnaryUnaryMultiCallable[_node_pb2.ListNodesRequest, _node_pb2.ListNodesResponse]  # type: ignore[assignment]
     """ListNodes lists the nodes of one machine type: the active (non-terminal) ones, the
     terminal ones, or those in one state, from an index kept in the same commit as the nodes.
+    """
+    ExecuteStream: _aio.StreamStreamMultiCallable[_node_pb2.ExecuteStreamRequest, _node_pb2.ExecuteStreamResponse]  # type: ignore[assignment]
+    """ExecuteStream pipelines write calls over one stream, the way database drivers do: each
+    request carries one call (an ApplyTransition, ExecuteBatch, CreateRoot, AddChild or
+    DeleteNode request) under a call_id the client chooses, and each call's response comes
+    back with that call_id as soon as the call completes, in any order. Calls that arrive
+    together commit in one group (one fsync). The unary methods stay for plain gRPC clients.
+
+    Each call is handled exactly as its unary method: the same validation, the same
+    admission (a call over the server's --max-concurrent-rpcs is answered RESOURCE_EXHAUSTED),
+    request_id semantics (a retry, on a stream or unary, returns the first outcome), commit
+    path and metrics (under the unary method's name), and in cluster mode the same forwarding
+    to the server owning the call's shard. Its error is the status the unary call would have
+    ended with, with the same ErrorInfo. The stream needs the write permission (so do all its
+    calls). Calls in flight are independent, as concurrent unary calls are: when one call must
+    see another's effect, send it after that one's response.
+
+    Limits and ending: at most 1000 calls are in flight per stream (read and not yet
+    answered); beyond that the server stops reading until one is answered (flow control holds
+    the client back; nothing is refused). After the client half-closes, the server answers
+    every call in flight, then ends the stream OK. The stream itself fails only when refused
+    at the start (UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAVAILABLE) or after
+    a request that does not parse (INVALID_ARGUMENT, reason MALFORMED_REQUEST; the calls in
+    flight are answered first). When the stream ends otherwise (cancelled, its deadline, the
+    connection lost, the server gone), every call in flight is cancelled as a unary call is
+    when its client disconnects: its outcome is unknown to the client (a write that was
+    already queued still commits). Retry those with the same request_id, as after UNAVAILABLE
+    (the Python SDK does); calls without one are not safe to retry.
     """
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -176,6 +232,40 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_node_pb2.ListNodesResponse, _abc.Awaitable[_node_pb2.ListNodesResponse]]:
         """ListNodes lists the nodes of one machine type: the active (non-terminal) ones, the
         terminal ones, or those in one state, from an index kept in the same commit as the nodes.
+        """
+
+    @_abc_1.abstractmethod
+    def ExecuteStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_node_pb2.ExecuteStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_node_pb2.ExecuteStreamResponse], _abc.AsyncIterator[_node_pb2.ExecuteStreamResponse]]:
+        """ExecuteStream pipelines write calls over one stream, the way database drivers do: each
+        request carries one call (an ApplyTransition, ExecuteBatch, CreateRoot, AddChild or
+        DeleteNode request) under a call_id the client chooses, and each call's response comes
+        back with that call_id as soon as the call completes, in any order. Calls that arrive
+        together commit in one group (one fsync). The unary methods stay for plain gRPC clients.
+
+        Each call is handled exactly as its unary method: the same validation, the same
+        admission (a call over the server's --max-concurrent-rpcs is answered RESOURCE_EXHAUSTED),
+        request_id semantics (a retry, on a stream or unary, returns the first outcome), commit
+        path and metrics (under the unary method's name), and in cluster mode the same forwarding
+        to the server owning the call's shard. Its error is the status the unary call would have
+        ended with, with the same ErrorInfo. The stream needs the write permission (so do all its
+        calls). Calls in flight are independent, as concurrent unary calls are: when one call must
+        see another's effect, send it after that one's response.
+
+        Limits and ending: at most 1000 calls are in flight per stream (read and not yet
+        answered); beyond that the server stops reading until one is answered (flow control holds
+        the client back; nothing is refused). After the client half-closes, the server answers
+        every call in flight, then ends the stream OK. The stream itself fails only when refused
+        at the start (UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAVAILABLE) or after
+        a request that does not parse (INVALID_ARGUMENT, reason MALFORMED_REQUEST; the calls in
+        flight are answered first). When the stream ends otherwise (cancelled, its deadline, the
+        connection lost, the server gone), every call in flight is cancelled as a unary call is
+        when its client disconnects: its outcome is unknown to the client (a write that was
+        already queued still commits). Retry those with the same request_id, as after UNAVAILABLE
+        (the Python SDK does); calls without one are not safe to retry.
         """
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -40,6 +40,7 @@ from statekeeper_server.entrypoints.grpc.handler import (
 )
 from statekeeper_server.entrypoints.grpc.machine_types import MachineTypeServicer
 from statekeeper_server.entrypoints.grpc.nodes import NodeServicer
+from statekeeper_server.entrypoints.grpc.pipeline import Pipelines
 from statekeeper_server.entrypoints.grpc.routing import Router
 from statekeeper_server.entrypoints.grpc.savepoints import SavepointServicer
 from statekeeper_server.entrypoints.grpc.tasks import TaskServicer
@@ -130,6 +131,7 @@ class StatekeeperServer:
             config.max_concurrent_rpcs, float(config.failpoints.get("rpc.delay", 0) or 0)
         )
         self.streams = StreamLimit(config.limits.max_subscribers)
+        self.pipelines = Pipelines()  # open ExecuteStreams, ended first when the server stops
         self.health = health_aio.HealthServicer()
         self.grpc_server: grpc.aio.Server | None = None
         self.port = 0
@@ -242,6 +244,7 @@ class StatekeeperServer:
                     self.streams,
                     self.engine.durable_barrier,
                     self.routing,
+                    self.pipelines,
                 )
                 for descriptor, servicer in self.services.items()
             ]
@@ -444,6 +447,7 @@ class StatekeeperServer:
         await self.tasks.stop()  # ends workers' lease streams, so they do not hold up the grace
         if self.inspector is not None:
             await self.inspector.stop()  # ends its live feeds (Watch calls) and its channel
+        self.pipelines.drain()  # they answer what they read and end, not holding up the grace
         if self.grpc_server is not None:
             await self.grpc_server.stop(grace)
         self.compactor.stop()

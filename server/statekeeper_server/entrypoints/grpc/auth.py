@@ -89,6 +89,7 @@ PERMISSIONS: Mapping[str, Mapping[str, Permission]] = {
         "ApplyTransition": WRITE,
         "ExecuteBatch": WRITE,
         "ListNodes": READ,
+        "ExecuteStream": WRITE,  # pipelines the write calls above
     },
     "statekeeper.v1.TaskService": {
         "GetTask": READ,

@@ -20,13 +20,14 @@ from typing import Any
 
 import grpc
 from google.protobuf import message_factory
-from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
 from statekeeper_server.core.shards import ShardMap, current_shard
 from statekeeper_server.domain.errors import DomainError, InvalidArgument, ResourceExhausted, Unavailable
 from statekeeper_server.entrypoints.grpc.errors import rich_status
 from statekeeper_server.entrypoints.grpc.forwarding import FORWARDED_HEADER, Forwarder, not_owner_here
+from statekeeper_server.entrypoints.grpc.pipeline import Pipeline, Pipelines
 from statekeeper_server.entrypoints.grpc.routing import Router
 
 log = logging.getLogger("statekeeper.rpc")
@@ -247,11 +248,17 @@ def generic_handler(
     streams: StreamLimit | None = None,
     barrier: Callable[[], Awaitable[None]] | None = None,
     cluster: ClusterRouting | None = None,
+    pipelines: Pipelines | None = None,
 ) -> grpc.GenericRpcHandler:
     """`barrier` is awaited before each call runs (engine.durable_barrier: refuses every call
-    once the store has failed). `cluster` (cluster mode) routes writes to their shard's owner."""
+    once the store has failed). `cluster` (cluster mode) routes writes to their shard's owner.
+    A bidirectional method (ExecuteStream) pipelines the unary methods its `call` oneof names
+    (pipeline.py); `pipelines` keeps its open streams, to end them when the server stops."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    unary: dict[str, Callable[..., Any]] = {}  # by request type's full name, for pipelines
     for method in descriptor.methods:
+        if method.client_streaming:
+            continue
         impl = getattr(servicer, method.name)
         request_cls = message_factory.GetMessageClass(method.input_type)
         full_name = f"/{descriptor.full_name}/{method.name}"
@@ -273,12 +280,54 @@ def generic_handler(
                 response_serializer=_serialize,
             )
         else:
+            unary[method.input_type.full_name] = _wrap_unary(
+                impl, full_name, observers, has_request_id, limit, barrier, cluster
+            )
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(impl, full_name, observers, has_request_id, limit, barrier, cluster),
+                unary[method.input_type.full_name],
                 request_deserializer=deserialize,
                 response_serializer=_serialize,
             )
+    for method in descriptor.methods:
+        if not method.client_streaming:
+            continue
+        if not method.server_streaming:
+            raise ValueError(f"{method.full_name}: only bidirectional client streams are served")
+        handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+            _wrap_pipeline(
+                _pipeline(method, unary, pipelines if pipelines is not None else Pipelines()),
+                f"/{descriptor.full_name}/{method.name}",
+                observers,
+                limit,
+                barrier,
+            ),
+            # Every request is parsed, also over the limit: a refused call is answered by its call_id.
+            request_deserializer=_deserializer(message_factory.GetMessageClass(method.input_type), None),
+            response_serializer=_serialize,
+        )
     return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
+
+
+def _pipeline(
+    method: MethodDescriptor, unary: dict[str, Callable[..., Any]], pipelines: Pipelines
+) -> Pipeline:
+    """The pipeline of a bidirectional method: each member of its request's `call` oneof that is
+    a unary method's request runs through that method's handler; its response goes into the
+    response's member of the same name."""
+    calls: dict[str, Callable[..., Any]] = {}
+    fields: dict[str, int] = {}
+    responses = method.output_type.fields_by_name
+    for field in method.input_type.oneofs_by_name["call"].fields:
+        handler = unary.get(field.message_type.full_name) if field.message_type is not None else None
+        if handler is not None:
+            calls[field.name] = handler
+            fields[field.name] = responses[field.name].number
+    return Pipeline(
+        calls,
+        fields,
+        lambda request: _malformed_error(request) if isinstance(request, _Malformed) else None,
+        pipelines,
+    )
 
 
 def _serialize(message: Message | bytes) -> bytes:
@@ -455,6 +504,28 @@ def _wrap_stream(
                 if counted:
                     assert streams is not None
                     streams.open -= 1
+
+    return handle
+
+
+def _wrap_pipeline(
+    pipeline: Pipeline,
+    name: str,
+    observers: list[CallObserver],
+    limit: ConcurrencyLimit | None,
+    barrier: Callable[[], Awaitable[None]] | None = None,
+) -> Callable[..., Any]:
+    """A pipelining stream: admitted like any call (shed over the limit, refused once the store
+    has failed), then not counted itself: each of its calls counts as one call in flight."""
+
+    async def handle(
+        requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        async with _call(None, context, name, observers, False, limit, barrier, False) as call:
+            call.uncount()
+            async with contextlib.aclosing(pipeline.serve(requests, context)) as answers:
+                async for answer in answers:
+                    yield answer
 
     return handle
 

@@ -1,0 +1,278 @@
+"""ExecuteStream: write calls pipelined over one bidirectional stream (node.proto documents the
+protocol). Each call of the stream runs through its unary method's own handler (handler.py
+`_wrap_unary`: admission, request id, barrier, routing and forwarding, domain errors, observers)
+with a CallContext in place of a ServicerContext, concurrently, so calls that arrive together
+are queued for the committer together and commit in one group.
+
+Flow control: a call holds one of MAX_CALLS_IN_FLIGHT slots from when it is read until its
+response has been handed to gRPC; with every slot taken the stream is not read, so what a
+stream holds is bounded whatever the client sends or fails to read.
+
+Responses are written as bytes: the envelope's two fields (call_id, then the result) are put
+in front of the result's own serialization (protobuf fields concatenate), so a response is
+serialized once, and a forwarded call's answer (bytes from the owner) is passed on as it came.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import grpc
+from google.rpc import status_pb2
+
+from statekeeper_server.domain.errors import DomainError, InvalidArgument, Unavailable
+from statekeeper_server.entrypoints.grpc.errors import rich_status
+
+log = logging.getLogger("statekeeper.rpc")
+
+MAX_CALLS_IN_FLIGHT = 1000
+"""Calls of one stream read and not yet answered (node.proto states it)."""
+
+UnaryHandler = Callable[[Any, Any], Awaitable[Any]]
+"""A wrapped unary handler: (request, context) -> its response (a message, or bytes)."""
+
+_ERROR_FIELD = 2  # ExecuteStreamResponse.error
+_CANCEL = "cancel"  # the oneof member that cancels a call instead of making one
+_DETAILS = "grpc-status-details-bin"
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _envelope(call_id: int, field: int, payload: bytes) -> bytes:
+    """An ExecuteStreamResponse: call_id (field 1, omitted when 0 as proto3 does) and `field`
+    holding the serialized message `payload`."""
+    head = b"\x08" + _varint(call_id) if call_id else b""
+    return head + _varint(field << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _status(code: grpc.StatusCode, message: str) -> bytes:
+    """A google.rpc.Status without details, as gRPC itself ends a call (deadline, cancel)."""
+    status: bytes = status_pb2.Status(code=code.value[0], message=message).SerializeToString()
+    return status
+
+
+class CallAborted(Exception):
+    """A call of the stream ended with a status (CallContext.abort): its response's error."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, trailing_metadata: Any) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+        self.trailing_metadata = tuple(trailing_metadata or ())
+
+    def status(self) -> bytes:
+        for key, value in self.trailing_metadata:
+            if key == _DETAILS:
+                return value if isinstance(value, bytes) else str(value).encode()
+        return _status(self.code, self.details)
+
+
+class CallContext:
+    """What one call of the stream is given for a ServicerContext: the stream's metadata (token,
+    x-request-id, the forwarded mark), its own deadline, its own status; abort() ends the call,
+    not the stream. It offers what the handlers and the forwarder use, nothing of the stream."""
+
+    __slots__ = ("_code", "_deadline", "_stream")
+
+    def __init__(self, stream: Any, deadline: float | None) -> None:
+        self._stream = stream
+        self._deadline = deadline  # time.monotonic()
+        self._code: grpc.StatusCode | None = None
+
+    def invocation_metadata(self) -> Any:
+        return self._stream.invocation_metadata()
+
+    def peer(self) -> str:
+        return str(self._stream.peer())
+
+    def time_remaining(self) -> float | None:
+        stream: float | None = self._stream.time_remaining()
+        if self._deadline is None:
+            return stream
+        mine = max(0.0, self._deadline - time.monotonic())
+        return mine if stream is None else min(stream, mine)
+
+    def code(self) -> grpc.StatusCode | None:
+        return self._code
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> None:
+        self._code = code
+        raise CallAborted(code, details, trailing_metadata)
+
+
+class Pipelines:
+    """The open ExecuteStreams of a server, so that stopping it (app/server.py) ends them
+    promptly instead of waiting out the shutdown grace: each stops reading, answers the calls
+    it has read, and ends UNAVAILABLE / SHUTTING_DOWN (calls it did not read were not applied)."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.readers: set[asyncio.Task[None]] = set()
+
+    def drain(self) -> None:
+        self.draining = True
+        for reader in list(self.readers):
+            reader.cancel()
+
+
+class _Call:
+    __slots__ = ("cancelled_by_client", "task")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
+        self.cancelled_by_client = False
+
+
+class Pipeline:
+    """The handler of one bidirectional method whose `call` oneof holds the requests of other
+    methods: `calls` maps each member's name to that method's wrapped unary handler; `malformed`
+    tells the error of a request that did not parse (None: it parsed)."""
+
+    def __init__(
+        self,
+        calls: Mapping[str, UnaryHandler],
+        fields: Mapping[str, int],
+        malformed: Callable[[Any], DomainError | None],
+        pipelines: Pipelines,
+    ) -> None:
+        self._calls = dict(calls)
+        self._fields = dict(fields)  # member name -> its field number in the response
+        self._malformed = malformed
+        self._pipelines = pipelines
+
+    async def serve(self, requests: AsyncIterator[Any], context: Any) -> AsyncGenerator[bytes, None]:
+        """The responses of the stream, as each call completes; raises a DomainError when the
+        stream must end with one (after every call read has been answered)."""
+        answers: asyncio.Queue[bytes | None] = asyncio.Queue()  # one per call; None: reading ended
+        slots = asyncio.Semaphore(MAX_CALLS_IN_FLIGHT)
+        calls: dict[int, _Call] = {}  # by call_id, for cancellations
+        running: set[asyncio.Task[None]] = set()
+        ended: list[BaseException] = []  # why reading ended early, if it did
+        started = 0
+        loop = asyncio.get_running_loop()
+
+        async def read() -> None:
+            nonlocal started
+            try:
+                async for request in requests:
+                    error = self._malformed(request)
+                    if error is not None:
+                        ended.append(error)  # its call_id is lost with it: end the stream
+                        return
+                    which = request.WhichOneof("call")
+                    if which == _CANCEL:
+                        found = calls.get(request.call_id)
+                        if found is not None and found.task is not None:
+                            found.cancelled_by_client = True
+                            found.task.cancel()
+                        continue
+                    await slots.acquire()
+                    call = _Call()
+                    calls[request.call_id] = call
+                    call.task = loop.create_task(self._run(request, which, context, call, calls, answers))
+                    running.add(call.task)
+                    call.task.add_done_callback(running.discard)
+                    started += 1
+            except asyncio.CancelledError:
+                if not self._pipelines.draining:
+                    raise
+                ended.append(
+                    Unavailable(
+                        "SHUTTING_DOWN",
+                        "the server is shutting down: the calls it read are answered, later ones were "
+                        "not read (nothing of them applied); retry",
+                    )
+                )
+            except Exception as e:  # the request stream broke: answer what was read, then fail
+                ended.append(e)
+            finally:
+                answers.put_nowait(None)
+
+        reader = loop.create_task(read())
+        self._pipelines.readers.add(reader)
+        if self._pipelines.draining:
+            reader.cancel()
+        try:
+            answered, reading = 0, True
+            while reading or answered < started:
+                answer = await answers.get()
+                if answer is None:
+                    reading = False
+                    continue
+                yield answer
+                answered += 1
+                slots.release()
+            if ended:
+                raise ended[0]
+        finally:
+            self._pipelines.readers.discard(reader)
+            # The stream is over (ended, cancelled, its connection lost): so are its calls, as a
+            # disconnect cancels unary calls (their queued writes still commit).
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
+
+    async def _run(
+        self,
+        request: Any,
+        which: str | None,
+        context: Any,
+        call: _Call,
+        calls: dict[int, _Call],
+        answers: asyncio.Queue[bytes | None],
+    ) -> None:
+        try:
+            answers.put_nowait(await self._answer(request, which, context, call))
+        finally:
+            if calls.get(request.call_id) is call:
+                del calls[request.call_id]
+
+    async def _answer(self, request: Any, which: str | None, context: Any, call: _Call) -> bytes:
+        call_id: int = request.call_id
+        handler = self._calls.get(which) if which is not None else None
+        if handler is None or which is None:
+            return _envelope(call_id, _ERROR_FIELD, _refusal("FIELD_REQUIRED", "the call is not set", "call"))
+        timeout: float | None = None
+        if request.HasField("timeout"):
+            timeout = request.timeout.seconds + request.timeout.nanos / 1e9
+            if timeout < 0:
+                return _envelope(
+                    call_id,
+                    _ERROR_FIELD,
+                    _refusal("FIELD_INVALID", "timeout must not be negative", "timeout"),
+                )
+        sub = CallContext(context, None if timeout is None else time.monotonic() + timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                response = await handler(getattr(request, which), sub)
+        except CallAborted as e:
+            return _envelope(call_id, _ERROR_FIELD, e.status())
+        except TimeoutError:
+            return _envelope(
+                call_id, _ERROR_FIELD, _status(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+            )
+        except asyncio.CancelledError:
+            if not call.cancelled_by_client:
+                raise  # the stream is over: nobody to answer
+            return _envelope(call_id, _ERROR_FIELD, _status(grpc.StatusCode.CANCELLED, "Cancelled"))
+        except Exception as e:  # a defect (logged by the handler): what gRPC answers a unary call
+            return _envelope(
+                call_id, _ERROR_FIELD, _status(grpc.StatusCode.UNKNOWN, f"Unexpected {type(e)}: {e}")
+            )
+        payload = response if isinstance(response, bytes) else response.SerializeToString()
+        return _envelope(call_id, self._fields[which], payload)
+
+
+def _refusal(reason: str, message: str, field: str) -> bytes:
+    return rich_status(InvalidArgument(reason, message, field=field))[2]
