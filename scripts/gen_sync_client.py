@@ -25,6 +25,7 @@ REPLACEMENTS = {
     "aio_probe": "sync_probe",
     "aio_speaks_tls": "sync_speaks_tls",
     "aio_sleep": "sync_sleep",
+    "AioPipeline": "SyncPipeline",
     "_async": "_sync",
 }
 

@@ -205,18 +205,22 @@ class ConnectInfo:
     client_cert: bool
 
 
+def _error_info(status: status_pb2.Status) -> tuple[str, dict[str, str]]:
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info.reason, dict(info.metadata)
+    return "", {}
+
+
 def from_rpc_error(error: grpc.RpcError, connection: ConnectInfo | None = None) -> StatekeeperError:
     call: Any = error  # grpc's errors are also Call objects; the stubs do not say so
     code: grpc.StatusCode = call.code()
     message: str = call.details() or ""
-    reason, metadata = "", {}
+    reason, metadata = "", dict[str, str]()
     for key, value in call.trailing_metadata() or ():
         if key == "grpc-status-details-bin":
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info):
-                    reason, metadata = info.reason, dict(info.metadata)
+            reason, metadata = _error_info(status_pb2.Status.FromString(value))
     if code == grpc.StatusCode.UNAVAILABLE and not reason and connection is not None:
         failed = connection_error(
             connection.target, message, tls=connection.tls, client_cert=connection.client_cert
@@ -224,6 +228,17 @@ def from_rpc_error(error: grpc.RpcError, connection: ConnectInfo | None = None) 
         if failed is not None:
             return failed
     return _BY_CODE.get(code, StatekeeperError)(code, message, reason, metadata)
+
+
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def from_status(status: status_pb2.Status) -> StatekeeperError:
+    """The error of a call answered with a google.rpc.Status (a call of ExecuteStream): the
+    same class, code, message, reason and metadata as from_rpc_error gives for that status."""
+    code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+    reason, metadata = _error_info(status)
+    return _BY_CODE.get(code, StatekeeperError)(code, status.message, reason, metadata)
 
 
 # The server failed-stop (a write could not be made durable): it refuses everything until it is

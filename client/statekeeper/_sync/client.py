@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from statekeeper import _convert
+from statekeeper import _convert, _pipeline
 from statekeeper._batch import Batch
 from statekeeper._channels import (
     DEFAULT_OPTIONS,
@@ -122,7 +122,8 @@ class SyncClient:
 
     Use `await Client.connect("127.0.0.1:50051")` (optionally as `async with`). Every call has a
     deadline (`timeout`, seconds) and raises a subclass of StatekeeperError carrying the gRPC
-    code, the server's reason and its metadata.
+    code, the server's reason and its metadata. With `pipeline=True`, writes share one
+    ExecuteStream (see connect).
     """
 
     def __init__(
@@ -134,6 +135,7 @@ class SyncClient:
         retries: int = DEFAULT_RETRIES,
         auto_request_ids: bool = False,
         connection: ConnectInfo | None = None,
+        pipeline: bool = False,
     ):
         self.channel = channel
         self.timeout = timeout
@@ -147,6 +149,7 @@ class SyncClient:
         self._events = event_pb2_grpc.EventServiceStub(channel)
         self._savepoints = savepoint_pb2_grpc.SavepointServiceStub(channel)
         self._admin = admin_pb2_grpc.AdminServiceStub(channel)
+        self._pipeline = _pipeline.SyncPipeline(channel, self.metadata, self._error) if pipeline else None
 
     @classmethod
     def connect(
@@ -160,6 +163,7 @@ class SyncClient:
         wait_for_server: bool = False,
         retries: int = DEFAULT_RETRIES,
         auto_request_ids: bool = False,
+        pipeline: bool = False,
         tls: bool = False,
         tls_ca: PemSource | None = None,
         tls_cert: PemSource | None = None,
@@ -184,6 +188,16 @@ class SyncClient:
         (STORE_FAILED, COMMIT_OUTCOME_UNKNOWN). auto_request_ids=True gives every
         write without one a fresh request_id, so every write is retried safely (each costs the
         server a stored outcome for its --request-ttl-s).
+
+        Pipelining: with pipeline=True, transition(), execute(), create_root(), add_child() and
+        delete_node() travel over one shared ExecuteStream instead of one unary call each, so
+        that concurrent calls reach the server together and commit in one group. Each keeps its
+        own request_id, deadline (timeout) and errors, exactly as unary; when the stream breaks
+        its calls fail as a unary call whose connection broke (UnavailableError: retried as above
+        when they carry a request_id) and the next call opens a new stream. A server that
+        refuses the stream (one without ExecuteStream, a token that may not write) gets unary
+        calls instead. Off by default: one stream sends every write to one server, which a
+        load balancer in front of several cannot spread.
         """
         uses_tls = tls or tls_ca is not None or tls_cert is not None or tls_key is not None
         if uses_tls:
@@ -208,6 +222,7 @@ class SyncClient:
             retries=retries,
             auto_request_ids=auto_request_ids,
             connection=connection,
+            pipeline=pipeline,
         )
 
     @staticmethod
@@ -234,6 +249,8 @@ class SyncClient:
             sync_sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
     def close(self) -> None:
+        if self._pipeline is not None:
+            self._pipeline.close()
         self.channel.close()
 
     def __enter__(self) -> SyncClient:
@@ -259,6 +276,25 @@ class SyncClient:
                 return method(request, timeout=timeout or self.timeout, metadata=self.metadata)
             except grpc.RpcError as e:
                 error = self._error(e)
+            if not (retry and attempt < self.retries and is_transient(error)):
+                raise error
+            sync_sleep(_backoff(attempt))
+            attempt += 1
+
+    def _write(self, kind: str, method: Any, request: Any) -> Any:
+        """A node write: over the pipeline (its ExecuteStreamRequest member `kind`) when on, else
+        unary; retried alike."""
+        if self._pipeline is None:
+            return self._call(method, request)
+        retry = self._prepare(request)
+        attempt = 0
+        while True:
+            try:
+                return self._pipeline.call(kind, request, self.timeout)
+            except _pipeline.StreamRefused:
+                return self._call(method, request)
+            except StatekeeperError as e:
+                error = e
             if not (retry and attempt < self.retries and is_transient(error)):
                 raise error
             sync_sleep(_backoff(attempt))
@@ -323,7 +359,7 @@ class SyncClient:
             type_version=type_version,
             request_id=request_id,
         )
-        resp = self._call(self._nodes.CreateRoot, req)
+        resp = self._write("create_root", self._nodes.CreateRoot, req)
         return _convert.node(resp.node)
 
     def add_child(
@@ -345,7 +381,7 @@ class SyncClient:
             type_version=type_version,
             request_id=request_id,
         )
-        resp = self._call(self._nodes.AddChild, req)
+        resp = self._write("add_child", self._nodes.AddChild, req)
         return _convert.node(resp.node)
 
     def get_node(self, node: RefLike) -> Node:
@@ -383,7 +419,7 @@ class SyncClient:
     def delete_node(self, node: RefLike, *, request_id: str = "") -> int:
         """Delete node and its descendants; returns how many nodes were deleted."""
         req = node_pb2.DeleteNodeRequest(node=_convert.ref_pb(as_ref(node)), request_id=request_id)
-        resp = self._call(self._nodes.DeleteNode, req)
+        resp = self._write("delete_node", self._nodes.DeleteNode, req)
         return int(resp.deleted_count)
 
     def transition(
@@ -408,12 +444,12 @@ class SyncClient:
             request_id=request_id,
             task_inputs=_convert.task_inputs(task_inputs),
         )
-        return _convert.transition_result(self._call(self._nodes.ApplyTransition, req))
+        return _convert.transition_result(self._write("apply_transition", self._nodes.ApplyTransition, req))
 
     def execute(self, batch: Batch, *, request_id: str = "") -> BatchResult:
         """Apply a Batch atomically: one revision for all of it, or nothing."""
         req = node_pb2.ExecuteBatchRequest(operations=batch.operations, request_id=request_id)
-        resp = self._call(self._nodes.ExecuteBatch, req)
+        resp = self._write("execute_batch", self._nodes.ExecuteBatch, req)
         results: list[Any] = []
         for r in resp.results:
             which = r.WhichOneof("result")
