@@ -342,19 +342,22 @@ class _Worker:
         concurrency: int,
         seconds: float,
         warmup: float,
+        pipeline: bool = False,
+        cpu_pid: int = 0,
     ) -> dict[str, Any]:
         """`concurrency` tasks calling the SDK's `await client.transition(ref, name)` back-to-back
-        on one sk.Client (one channel), cycling through the picks; counted as in unary()."""
+        on one sk.Client (one channel; with pipeline, over its one ExecuteStream), cycling
+        through the picks; counted as in unary(), server CPU too with cpu_pid."""
         import statekeeper as sk
-        from bench import workload
+        from bench import cpu, workload
 
         work = [(sk.Ref.parse(workload.node_text(i, tree_size)), f"to_{to}") for i, to in picks]
         latencies: list[float] = []
         done = 0
         n = len(work)
         clock = time.perf_counter
-        async with await sk.Client.connect(address) as client:
-            await client.transition(*work[0])  # connect outside the measurement
+        async with await sk.Client.connect(address, pipeline=pipeline) as client:
+            await client.transition(*work[0])  # connect (and open the stream) outside the measurement
             start = clock() + warmup
             end = start + seconds
 
@@ -373,8 +376,16 @@ class _Worker:
                             latencies.append(t1 - t0)
                     i += concurrency
 
+            sampler = (
+                asyncio.ensure_future(cpu.during(start, end, lambda: cpu.process_seconds(cpu_pid)))
+                if cpu_pid
+                else None
+            )
             await asyncio.gather(*(caller(k) for k in range(concurrency)))
-        return {"calls_per_s": done / seconds, "calls": done, **_percentiles(latencies)}
+        out = {"calls_per_s": done / seconds, "calls": done, **_percentiles(latencies)}
+        if sampler is not None:
+            out["server_cpu_us"] = await sampler / max(1, done) * 1e6
+        return out
 
     # -- the PostgreSQL reference (bench/pg_load.py) ------------------------------------------
 

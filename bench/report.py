@@ -165,6 +165,13 @@ def target_list(p: Params) -> list[Target]:
         ),
         Target(
             13,
+            f"(c) SDK transition(), pipeline=True, {hi} concurrent ≥ 1.0 x PostgreSQL CAS, {hi} conns",
+            _vs_pg(f"c.sdk_pipe_{hi}"),
+            1.0,
+            unit="x",
+        ),
+        Target(
+            13,
             f"(c) ApplyTransition (plain gRPC), {hi} callers ≥ 0.8 x bare echo (a)",
             _ratio(f"c.unary_{hi}"),
             0.8,
