@@ -1,6 +1,8 @@
 """Pipelining (`connect(..., pipeline=True)`): the client's writes travel over one shared
 ExecuteStream (node.proto) instead of one unary call each, so that the calls of many tasks or
-threads reach the server together and commit in one group.
+threads reach the server together and commit in one group. The calls waiting to be sent go
+out together in one message (a gRPC message costs grpc.aio about as much as a small call), and
+the server answers those completed together in one.
 
 A call keeps the unary call's semantics: its own deadline (sent with it, and kept here too),
 its error as the same StatekeeperError (from the google.rpc.Status the server answers it with),
@@ -23,7 +25,7 @@ import itertools
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -37,7 +39,7 @@ METHOD = "/statekeeper.v1.NodeService/ExecuteStream"
 MAX_IN_FLIGHT = 1000
 """The server's limit of calls in flight per stream (node.proto): never more are unanswered."""
 
-_FIELDS = {f.name: f.number for f in node_pb2.ExecuteStreamRequest.DESCRIPTOR.fields}
+_FIELDS = {f.name: f.number for f in node_pb2.StreamCall.DESCRIPTOR.fields}
 _REFUSALS = frozenset(
     {grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED}
 )
@@ -60,8 +62,8 @@ def _varint(value: int) -> bytes:
 
 
 def _request(call_id: int, kind: str, request: Message, timeout: float) -> bytes:
-    """An ExecuteStreamRequest, its call spliced in as serialized (protobuf fields concatenate):
-    the request is serialized once, not copied into the envelope first."""
+    """A StreamCall, its request spliced in as serialized (protobuf fields concatenate): the
+    request is serialized once, not copied into the envelope first."""
     seconds = int(timeout)
     duration = duration_pb2.Duration(
         seconds=seconds, nanos=int((timeout - seconds) * 1e9)
@@ -85,7 +87,12 @@ def _cancel(call_id: int) -> bytes:
     return b"\x08" + _varint(call_id) + _varint(_FIELDS["cancel"] << 3 | 2) + b"\x00"
 
 
-def _outcome(response: node_pb2.ExecuteStreamResponse) -> Any:
+def _message(calls: list[bytes]) -> bytes:
+    """An ExecuteStreamRequest holding these StreamCalls (field 1, repeated)."""
+    return b"".join(b"\x0a" + _varint(len(c)) + c for c in calls)
+
+
+def _outcome(response: node_pb2.StreamCallResult) -> Any:
     which = response.WhichOneof("result")
     if which == "error":
         raise from_status(response.error)
@@ -149,8 +156,15 @@ class _AioStream:
 
     async def _write(self) -> None:
         try:
-            while (message := await self.outbox.get()) is not None:
-                await self.call.write(message)
+            while True:
+                calls = [await self.outbox.get()]
+                while not self.outbox.empty():  # what queued up meanwhile goes in the same message
+                    calls.append(self.outbox.get_nowait())
+                ready = [c for c in calls if c is not None]
+                if ready:
+                    await self.call.write(_message(ready))
+                if len(ready) < len(calls):
+                    return
         except (grpc.RpcError, asyncio.InvalidStateError):
             return  # the stream ended: the reader tells the calls
 
@@ -159,12 +173,13 @@ class _AioStream:
         try:
             while (response := await self.call.read()) is not grpc.aio.EOF:
                 answered = True
-                future = self.pending.pop(response.call_id, None)
-                if future is None:
-                    continue
-                self._release()
-                if not future.done():  # done: its caller gave up (deadline, cancelled)
-                    future.set_result(response)
+                for result in response.results:
+                    future = self.pending.pop(result.call_id, None)
+                    if future is None:
+                        continue
+                    self._release()
+                    if not future.done():  # done: its caller gave up (deadline, cancelled)
+                        future.set_result(result)
         except (grpc.RpcError, asyncio.CancelledError) as e:
             error = e
         finally:
@@ -261,22 +276,36 @@ class _SyncStream:
         self.closing = False
         self._release = release
         self._error_of = error_of
-        self.call = method(iter(self.outbox.get, None), metadata=metadata)
+        self.call = method(self._messages(), metadata=metadata)
         self.reader = threading.Thread(target=self._read, name="statekeeper-pipeline", daemon=True)
         self.reader.start()
+
+    def _messages(self) -> Iterator[bytes]:
+        """What gRPC's thread sends: the calls queued up since its last message, in one."""
+        while (first := self.outbox.get()) is not None:
+            calls = [first]
+            try:
+                while (call := self.outbox.get_nowait()) is not None:
+                    calls.append(call)
+            except queue.Empty:
+                call = b""
+            yield _message(calls)
+            if call is None:
+                return
 
     def _read(self) -> None:
         answered, error = False, None
         try:
             for response in self.call:
                 answered = True
-                with self.lock:
-                    future = self.pending.pop(response.call_id, None)
-                if future is None:
-                    continue
-                self._release()
-                if future.set_running_or_notify_cancel():
-                    future.set_result(response)
+                for result in response.results:
+                    with self.lock:
+                        future = self.pending.pop(result.call_id, None)
+                    if future is None:
+                        continue
+                    self._release()
+                    if future.set_running_or_notify_cancel():
+                        future.set_result(result)
         except grpc.RpcError as e:
             error = e
         finally:

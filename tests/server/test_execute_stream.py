@@ -53,25 +53,32 @@ def _transition(root: str, name: str, **kw: Any) -> node_pb2.ApplyTransitionRequ
     return node_pb2.ApplyTransitionRequest(node=_ref(root), transition=name, **kw)
 
 
-def _call(
-    call_id: int, kind: str, request: Any, timeout: float | None = None
-) -> node_pb2.ExecuteStreamRequest:
-    out = node_pb2.ExecuteStreamRequest(call_id=call_id, **{kind: request})
+def _call(call_id: int, kind: str, request: Any, timeout: float | None = None) -> node_pb2.StreamCall:
+    out = node_pb2.StreamCall(call_id=call_id, **{kind: request})
     if timeout is not None:
         out.timeout.CopyFrom(duration_pb2.Duration(seconds=int(timeout), nanos=int(timeout % 1 * 1e9)))
     return out
 
 
+def _message(*calls: node_pb2.StreamCall) -> node_pb2.ExecuteStreamRequest:
+    return node_pb2.ExecuteStreamRequest(calls=calls)
+
+
 def _stream(
-    address: str, requests: Sequence[node_pb2.ExecuteStreamRequest], metadata: Sequence[tuple[str, str]] = ()
-) -> dict[int, node_pb2.ExecuteStreamResponse]:
-    """Send the requests, half-close, and collect every answer (by call_id) until the stream ends OK."""
+    address: str,
+    calls: Sequence[node_pb2.StreamCall],
+    metadata: Sequence[tuple[str, str]] = (),
+    per_message: int = 1,
+) -> dict[int, node_pb2.StreamCallResult]:
+    """Send the calls (per_message in each message), half-close, and collect every result (by
+    call_id) until the stream ends OK."""
+    messages = [_message(*calls[i : i + per_message]) for i in range(0, len(calls), per_message)]
     with grpc.insecure_channel(address) as channel:
-        answers = node_pb2_grpc.NodeServiceStub(channel).ExecuteStream(
-            iter(requests), metadata=metadata, timeout=60
+        responses = node_pb2_grpc.NodeServiceStub(channel).ExecuteStream(
+            iter(messages), metadata=metadata, timeout=60
         )
-        out = {a.call_id: a for a in answers}
-    assert len(out) == len([r for r in requests if r.WhichOneof("call") != "cancel"])
+        out = {r.call_id: r for response in responses for r in response.results}
+    assert len(out) == len([c for c in calls if c.WhichOneof("call") != "cancel"])
     return out
 
 
@@ -214,6 +221,7 @@ def test_writes_succeed_over_the_stream_and_are_durable(plain: ServerProcess, ui
             _call(2**64 - 1, "apply_transition", _transition(b, "pay", data=common_pb2.Data(value=b"paid"))),
             _call(0, "apply_transition", _transition(a, "cancel")),
         ],
+        per_message=3,  # several calls in one message: each answered on its own
     )
     assert answers[3].add_child.node.ref.path[0].id == "i"
     assert answers[2**64 - 1].apply_transition.from_state == "new"
@@ -258,7 +266,7 @@ def test_a_call_without_a_call_or_with_a_negative_timeout_is_refused_alone(
     answers = _stream(
         plain.address,
         [
-            node_pb2.ExecuteStreamRequest(call_id=1),
+            node_pb2.StreamCall(call_id=1),
             _call(2, "apply_transition", _transition(uid, "pay"), timeout=-1.0),
             _call(3, "apply_transition", _transition(uid, "pay"), timeout=30.0),
         ],
@@ -279,14 +287,14 @@ def test_a_request_that_does_not_parse_ends_the_stream_after_the_calls_before_it
 ) -> None:
     with sk.SyncClient.connect(plain.address) as c:
         c.create_root("order", uid)
-    good = _call(1, "apply_transition", _transition(uid, "pay")).SerializeToString()
+    good = _message(_call(1, "apply_transition", _transition(uid, "pay"))).SerializeToString()
     with grpc.insecure_channel(plain.address) as channel:
         call = channel.stream_stream("/statekeeper.v1.NodeService/ExecuteStream")
         answers = call(iter([good, b"\xff\xff\xff\xff"]), timeout=30)
         got = []
         with pytest.raises(grpc.RpcError) as e:
             for raw in answers:
-                got.append(node_pb2.ExecuteStreamResponse.FromString(raw))
+                got.extend(node_pb2.ExecuteStreamResponse.FromString(raw).results)
     assert [a.apply_transition.node.state for a in got] == ["paid"]
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
     assert "MALFORMED_REQUEST" in str(dict(e.value.trailing_metadata())["grpc-status-details-bin"])  # type: ignore[attr-defined]
@@ -343,7 +351,9 @@ def test_the_stream_reads_no_more_than_its_limit_of_calls_in_flight(tmp_path: Pa
         with sk.SyncClient.connect(proc.address) as c:
             c.execute(_roots(1200, "f"))
         answers = _stream(
-            proc.address, [_call(i, "apply_transition", _transition(f"f{i}", "pay")) for i in range(1200)]
+            proc.address,
+            [_call(i, "apply_transition", _transition(f"f{i}", "pay")) for i in range(1200)],
+            per_message=300,  # the fourth message is read only in part at first
         )
     finally:
         proc.terminate()
@@ -432,22 +442,33 @@ def test_cancelling_a_call_or_the_stream_cancels_its_calls_as_a_disconnect_does(
                 # One call cancelled by the client while its commit waits behind the slow sync.
                 call = stub.ExecuteStream()
                 await call.write(
-                    _call(1, "create_root", node_pb2.CreateRootRequest(type="order", id="blocker"))
+                    _message(_call(1, "create_root", node_pb2.CreateRootRequest(type="order", id="blocker")))
                 )
-                await call.write(_call(2, "apply_transition", _transition("c0", "pay", request_id="rid-c0")))
+                await call.write(
+                    _message(_call(2, "apply_transition", _transition("c0", "pay", request_id="rid-c0")))
+                )
                 await asyncio.sleep(0.1)
-                await call.write(node_pb2.ExecuteStreamRequest(call_id=2, cancel=node_pb2.CancelCall()))
-                first = await call.read()
+                await call.write(_message(node_pb2.StreamCall(call_id=2, cancel=node_pb2.CancelCall())))
+                (first,) = (await call.read()).results
                 assert first.call_id == 2
                 assert first.error == status_pb2.Status(
                     code=grpc.StatusCode.CANCELLED.value[0], message="Cancelled"
                 )
-                assert (await call.read()).create_root.node.ref.root_id == "blocker"
-                # Ten calls in flight when the whole stream is cancelled.
-                for i in range(1, 11):
-                    await call.write(
-                        _call(10 + i, "apply_transition", _transition(f"c{i}", "pay", request_id=f"rid-c{i}"))
+                (blocker,) = (await call.read()).results
+                assert blocker.create_root.node.ref.root_id == "blocker"
+                # Ten calls in flight (in one message) when the whole stream is cancelled.
+                await call.write(
+                    _message(
+                        *(
+                            _call(
+                                10 + i,
+                                "apply_transition",
+                                _transition(f"c{i}", "pay", request_id=f"rid-c{i}"),
+                            )
+                            for i in range(1, 11)
+                        )
                     )
+                )
                 await asyncio.sleep(0.1)
                 call.cancel()
 
@@ -556,7 +577,7 @@ def test_a_read_token_is_refused_as_unary(tmp_path: Path) -> None:
     try:
         with grpc.insecure_channel(proc.address) as channel:  # the stream itself: refused at once
             stream = node_pb2_grpc.NodeServiceStub(channel).ExecuteStream(
-                iter([_call(1, "create_root", node_pb2.CreateRootRequest(type="order", id="p"))]),
+                iter([_message(_call(1, "create_root", node_pb2.CreateRootRequest(type="order", id="p")))]),
                 metadata=[("authorization", f"Bearer {READ_TOKEN}")],
                 timeout=10,
             )

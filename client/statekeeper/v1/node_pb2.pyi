@@ -833,7 +833,31 @@ Global___ListNodesResponse: _TypeAlias = ListNodesResponse  # noqa: Y015
 
 @_typing.final
 class ExecuteStreamRequest(_message.Message):
-    """ExecuteStreamRequest is one call of an ExecuteStream, or the cancellation of one."""
+    """ExecuteStreamRequest carries calls of an ExecuteStream: one, or all the client has ready."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamCall]:
+        """The calls, each handled on its own (in no particular order)."""
+
+    def __init__(
+        self,
+        *,
+        calls: _abc.Iterable[Global___StreamCall] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecuteStreamRequest: _TypeAlias = ExecuteStreamRequest  # noqa: Y015
+
+@_typing.final
+class StreamCall(_message.Message):
+    """StreamCall is one call of an ExecuteStream, or the cancellation of one."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -846,7 +870,7 @@ class ExecuteStreamRequest(_message.Message):
     DELETE_NODE_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
     call_id: _builtins.int
-    """Chosen by the client to match the response to its call, and echoed as is. Give each call
+    """Chosen by the client to match the result to its call, and echoed as is. Give each call
     in flight on the stream its own id (the server does not check).
     """
     @_builtins.property
@@ -904,11 +928,11 @@ class ExecuteStreamRequest(_message.Message):
     _WhichOneofArgType_call: _TypeAlias = _typing.Literal["call", b"call"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_call) -> _WhichOneofReturnType_call | None: ...
 
-Global___ExecuteStreamRequest: _TypeAlias = ExecuteStreamRequest  # noqa: Y015
+Global___StreamCall: _TypeAlias = StreamCall  # noqa: Y015
 
 @_typing.final
 class CancelCall(_message.Message):
-    """CancelCall cancels a call of an ExecuteStream (see ExecuteStreamRequest.cancel)."""
+    """CancelCall cancels a call of an ExecuteStream (see StreamCall.cancel)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -925,7 +949,31 @@ Global___CancelCall: _TypeAlias = CancelCall  # noqa: Y015
 
 @_typing.final
 class ExecuteStreamResponse(_message.Message):
-    """ExecuteStreamResponse is the outcome of one call of an ExecuteStream."""
+    """ExecuteStreamResponse carries results of an ExecuteStream's calls: those ready together."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamCallResult]:
+        """The results, one per call, in the order the calls completed."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___StreamCallResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecuteStreamResponse: _TypeAlias = ExecuteStreamResponse  # noqa: Y015
+
+@_typing.final
+class StreamCallResult(_message.Message):
+    """StreamCallResult is the outcome of one call of an ExecuteStream."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -937,7 +985,7 @@ class ExecuteStreamResponse(_message.Message):
     ADD_CHILD_FIELD_NUMBER: _builtins.int
     DELETE_NODE_FIELD_NUMBER: _builtins.int
     call_id: _builtins.int
-    """The call_id of the call's request."""
+    """The call_id of the call."""
     @_builtins.property
     def error(self) -> _status_pb2.Status:
         """The call failed: the status its unary call would have ended with (code, message and
@@ -984,4 +1032,4 @@ class ExecuteStreamResponse(_message.Message):
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 
-Global___ExecuteStreamResponse: _TypeAlias = ExecuteStreamResponse  # noqa: Y015
+Global___StreamCallResult: _TypeAlias = StreamCallResult  # noqa: Y015

@@ -62,10 +62,12 @@ class NodeServiceStub:
     """
     ExecuteStream: _grpc.StreamStreamMultiCallable[_node_pb2.ExecuteStreamRequest, _node_pb2.ExecuteStreamResponse]
     """ExecuteStream pipelines write calls over one stream, the way database drivers do: each
-    request carries one call (an ApplyTransition, ExecuteBatch, CreateRoot, AddChild or
-    DeleteNode request) under a call_id the client chooses, and each call's response comes
-    back with that call_id as soon as the call completes, in any order. Calls that arrive
-    together commit in one group (one fsync). The unary methods stay for plain gRPC clients.
+    call (an ApplyTransition, ExecuteBatch, CreateRoot, AddChild or DeleteNode request) goes
+    under a call_id the client chooses, and its result comes back with that call_id as soon as
+    the call completes, in any order. A message may carry several calls, and the server puts
+    the results that are ready together into one message (one message per call costs more in
+    gRPC than the call itself). Calls that arrive together commit in one group (one fsync).
+    The unary methods stay for plain gRPC clients.
 
     Each call is handled exactly as its unary method: the same validation, the same
     admission (a call over the server's --max-concurrent-rpcs is answered RESOURCE_EXHAUSTED),
@@ -74,19 +76,21 @@ class NodeServiceStub:
     to the server owning the call's shard. Its error is the status the unary call would have
     ended with, with the same ErrorInfo. The stream needs the write permission (so do all its
     calls). Calls in flight are independent, as concurrent unary calls are: when one call must
-    see another's effect, send it after that one's response.
+    see another's effect, send it after that one's result.
 
     Limits and ending: at most 1000 calls are in flight per stream (read and not yet
     answered); beyond that the server stops reading until one is answered (flow control holds
     the client back; nothing is refused). After the client half-closes, the server answers
     every call in flight, then ends the stream OK. The stream itself fails only when refused
-    at the start (UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAVAILABLE) or after
-    a request that does not parse (INVALID_ARGUMENT, reason MALFORMED_REQUEST; the calls in
-    flight are answered first). When the stream ends otherwise (cancelled, its deadline, the
-    connection lost, the server gone), every call in flight is cancelled as a unary call is
-    when its client disconnects: its outcome is unknown to the client (a write that was
-    already queued still commits). Retry those with the same request_id, as after UNAVAILABLE
-    (the Python SDK does); calls without one are not safe to retry.
+    at the start (UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAVAILABLE), when
+    the server shuts down (UNAVAILABLE, reason SHUTTING_DOWN: the calls read are answered
+    first, later ones were not read), or after a message that does not parse (INVALID_ARGUMENT,
+    reason MALFORMED_REQUEST; the calls in flight are answered first). When the stream ends
+    otherwise (cancelled, its deadline, the connection lost, the server gone), every call in
+    flight is cancelled as a unary call is when its client disconnects: its outcome is unknown
+    to the client (a write that was already queued still commits). Retry those with the same
+    request_id, as after UNAVAILABLE (the Python SDK does); calls without one are not safe to
+    retry.
     """
 
 @_typing.type_check_only
@@ -123,10 +127,12 @@ class NodeServiceAsyncStub(NodeServiceStub):
     """
     ExecuteStream: _aio.StreamStreamMultiCallable[_node_pb2.ExecuteStreamRequest, _node_pb2.ExecuteStreamResponse]  # type: ignore[assignment]
     """ExecuteStream pipelines write calls over one stream, the way database drivers do: each
-    request carries one call (an ApplyTransition, ExecuteBatch, CreateRoot, AddChild or
-    DeleteNode request) under a call_id the client chooses, and each call's response comes
-    back with that call_id as soon as the call completes, in any order. Calls that arrive
-    together commit in one group (one fsync). The unary methods stay for plain gRPC clients.
+    call (an ApplyTransition, ExecuteBatch, CreateRoot, AddChild or DeleteNode request) goes
+    under a call_id the client chooses, and its result comes back with that call_id as soon as
+    the call completes, in any order. A message may carry several calls, and the server puts
+    the results that are ready together into one message (one message per call costs more in
+    gRPC than the call itself). Calls that arrive together commit in one group (one fsync).
+    The unary methods stay for plain gRPC clients.
 
     Each call is handled exactly as its unary method: the same validation, the same
     admission (a call over the server's --max-concurrent-rpcs is answered RESOURCE_EXHAUSTED),
@@ -135,19 +141,21 @@ class NodeServiceAsyncStub(NodeServiceStub):
     to the server owning the call's shard. Its error is the status the unary call would have
     ended with, with the same ErrorInfo. The stream needs the write permission (so do all its
     calls). Calls in flight are independent, as concurrent unary calls are: when one call must
-    see another's effect, send it after that one's response.
+    see another's effect, send it after that one's result.
 
     Limits and ending: at most 1000 calls are in flight per stream (read and not yet
     answered); beyond that the server stops reading until one is answered (flow control holds
     the client back; nothing is refused). After the client half-closes, the server answers
     every call in flight, then ends the stream OK. The stream itself fails only when refused
-    at the start (UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAVAILABLE) or after
-    a request that does not parse (INVALID_ARGUMENT, reason MALFORMED_REQUEST; the calls in
-    flight are answered first). When the stream ends otherwise (cancelled, its deadline, the
-    connection lost, the server gone), every call in flight is cancelled as a unary call is
-    when its client disconnects: its outcome is unknown to the client (a write that was
-    already queued still commits). Retry those with the same request_id, as after UNAVAILABLE
-    (the Python SDK does); calls without one are not safe to retry.
+    at the start (UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAVAILABLE), when
+    the server shuts down (UNAVAILABLE, reason SHUTTING_DOWN: the calls read are answered
+    first, later ones were not read), or after a message that does not parse (INVALID_ARGUMENT,
+    reason MALFORMED_REQUEST; the calls in flight are answered first). When the stream ends
+    otherwise (cancelled, its deadline, the connection lost, the server gone), every call in
+    flight is cancelled as a unary call is when its client disconnects: its outcome is unknown
+    to the client (a write that was already queued still commits). Retry those with the same
+    request_id, as after UNAVAILABLE (the Python SDK does); calls without one are not safe to
+    retry.
     """
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -241,10 +249,12 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_node_pb2.ExecuteStreamResponse], _abc.AsyncIterator[_node_pb2.ExecuteStreamResponse]]:
         """ExecuteStream pipelines write calls over one stream, the way database drivers do: each
-        request carries one call (an ApplyTransition, ExecuteBatch, CreateRoot, AddChild or
-        DeleteNode request) under a call_id the client chooses, and each call's response comes
-        back with that call_id as soon as the call completes, in any order. Calls that arrive
-        together commit in one group (one fsync). The unary methods stay for plain gRPC clients.
+        call (an ApplyTransition, ExecuteBatch, CreateRoot, AddChild or DeleteNode request) goes
+        under a call_id the client chooses, and its result comes back with that call_id as soon as
+        the call completes, in any order. A message may carry several calls, and the server puts
+        the results that are ready together into one message (one message per call costs more in
+        gRPC than the call itself). Calls that arrive together commit in one group (one fsync).
+        The unary methods stay for plain gRPC clients.
 
         Each call is handled exactly as its unary method: the same validation, the same
         admission (a call over the server's --max-concurrent-rpcs is answered RESOURCE_EXHAUSTED),
@@ -253,19 +263,21 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         to the server owning the call's shard. Its error is the status the unary call would have
         ended with, with the same ErrorInfo. The stream needs the write permission (so do all its
         calls). Calls in flight are independent, as concurrent unary calls are: when one call must
-        see another's effect, send it after that one's response.
+        see another's effect, send it after that one's result.
 
         Limits and ending: at most 1000 calls are in flight per stream (read and not yet
         answered); beyond that the server stops reading until one is answered (flow control holds
         the client back; nothing is refused). After the client half-closes, the server answers
         every call in flight, then ends the stream OK. The stream itself fails only when refused
-        at the start (UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAVAILABLE) or after
-        a request that does not parse (INVALID_ARGUMENT, reason MALFORMED_REQUEST; the calls in
-        flight are answered first). When the stream ends otherwise (cancelled, its deadline, the
-        connection lost, the server gone), every call in flight is cancelled as a unary call is
-        when its client disconnects: its outcome is unknown to the client (a write that was
-        already queued still commits). Retry those with the same request_id, as after UNAVAILABLE
-        (the Python SDK does); calls without one are not safe to retry.
+        at the start (UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAVAILABLE), when
+        the server shuts down (UNAVAILABLE, reason SHUTTING_DOWN: the calls read are answered
+        first, later ones were not read), or after a message that does not parse (INVALID_ARGUMENT,
+        reason MALFORMED_REQUEST; the calls in flight are answered first). When the stream ends
+        otherwise (cancelled, its deadline, the connection lost, the server gone), every call in
+        flight is cancelled as a unary call is when its client disconnects: its outcome is unknown
+        to the client (a write that was already queued still commits). Retry those with the same
+        request_id, as after UNAVAILABLE (the Python SDK does); calls without one are not safe to
+        retry.
         """
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -311,13 +311,16 @@ def generic_handler(
 def _pipeline(
     method: MethodDescriptor, unary: dict[str, Callable[..., Any]], pipelines: Pipelines
 ) -> Pipeline:
-    """The pipeline of a bidirectional method: each member of its request's `call` oneof that is
-    a unary method's request runs through that method's handler; its response goes into the
-    response's member of the same name."""
+    """The pipeline of a bidirectional method (ExecuteStreamRequest.calls -> .results): each
+    member of a call's `call` oneof that is a unary method's request runs through that method's
+    handler; its response goes into the result's member of the same name."""
     calls: dict[str, Callable[..., Any]] = {}
     fields: dict[str, int] = {}
-    responses = method.output_type.fields_by_name
-    for field in method.input_type.oneofs_by_name["call"].fields:
+    call_type = method.input_type.fields_by_name["calls"].message_type
+    result_type = method.output_type.fields_by_name["results"].message_type
+    assert call_type is not None and result_type is not None
+    responses = result_type.fields_by_name
+    for field in call_type.oneofs_by_name["call"].fields:
         handler = unary.get(field.message_type.full_name) if field.message_type is not None else None
         if handler is not None:
             calls[field.name] = handler

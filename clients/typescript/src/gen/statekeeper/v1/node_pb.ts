@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file statekeeper/v1/node.proto.
  */
 export const file_statekeeper_v1_node: GenFile = /*@__PURE__*/
-  fileDesc("ChlzdGF0ZWtlZXBlci92MS9ub2RlLnByb3RvEg5zdGF0ZWtlZXBlci52MSLSAgoETm9kZRIkCgNyZWYYASABKAsyFy5zdGF0ZWtlZXBlci52MS5Ob2RlUmVmEgwKBHR5cGUYAiABKAkSFAoMdHlwZV92ZXJzaW9uGAMgASgNEg0KBXN0YXRlGAQgASgJEiIKBGRhdGEYBSABKAsyFC5zdGF0ZWtlZXBlci52MS5EYXRhEhgKEHRyYW5zaXRpb25fY291bnQYBiABKAMSFwoPY3JlYXRlX3JldmlzaW9uGAcgASgDEhcKD3VwZGF0ZV9yZXZpc2lvbhgIIAEoAxIQCgh0ZXJtaW5hbBgJIAEoCBI7CgxjaGlsZF9jb3VudHMYCiADKAsyJS5zdGF0ZWtlZXBlci52MS5Ob2RlLkNoaWxkQ291bnRzRW50cnkaMgoQQ2hpbGRDb3VudHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAM6AjgBInsKEUNyZWF0ZVJvb3RSZXF1ZXN0EgwKBHR5cGUYASABKAkSCgoCaWQYAiABKAkSIgoEZGF0YRgDIAEoCzIULnN0YXRla2VlcGVyLnYxLkRhdGESFAoMdHlwZV92ZXJzaW9uGAQgASgNEhIKCnJlcXVlc3RfaWQYBSABKAkiSgoSQ3JlYXRlUm9vdFJlc3BvbnNlEiIKBG5vZGUYASABKAsyFC5zdGF0ZWtlZXBlci52MS5Ob2RlEhAKCHJldmlzaW9uGAIgASgDIq4BCg9BZGRDaGlsZFJlcXVlc3QSJwoGcGFyZW50GAEgASgLMhcuc3RhdGVrZWVwZXIudjEuTm9kZVJlZhIkCgNrZXkYAiABKAsyFy5zdGF0ZWtlZXBlci52MS5Ob2RlS2V5EiIKBGRhdGEYAyABKAsyFC5zdGF0ZWtlZXBlci52MS5EYXRhEhQKDHR5cGVfdmVyc2lvbhgEIAEoDRISCgpyZXF1ZXN0X2lkGAUgASgJIkgKEEFkZENoaWxkUmVzcG9uc2USIgoEbm9kZRgBIAEoCzIULnN0YXRla2VlcGVyLnYxLk5vZGUSEAoIcmV2aXNpb24YAiABKAMiNwoOR2V0Tm9kZVJlcXVlc3QSJQoEbm9kZRgBIAEoCzIXLnN0YXRla2VlcGVyLnYxLk5vZGVSZWYiNQoPR2V0Tm9kZVJlc3BvbnNlEiIKBG5vZGUYASABKAsyFC5zdGF0ZWtlZXBlci52MS5Ob2RlInMKE0xpc3RDaGlsZHJlblJlcXVlc3QSJwoGcGFyZW50GAEgASgLMhcuc3RhdGVrZWVwZXIudjEuTm9kZVJlZhIMCgR0eXBlGAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJIlQKFExpc3RDaGlsZHJlblJlc3BvbnNlEiMKBW5vZGVzGAEgAygLMhQuc3RhdGVrZWVwZXIudjEuTm9kZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiXwoPV2Fsa1RyZWVSZXF1ZXN0EiUKBG5vZGUYASABKAsyFy5zdGF0ZWtlZXBlci52MS5Ob2RlUmVmEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIlAKEFdhbGtUcmVlUmVzcG9uc2USIwoFbm9kZXMYASADKAsyFC5zdGF0ZWtlZXBlci52MS5Ob2RlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJOChFEZWxldGVOb2RlUmVxdWVzdBIlCgRub2RlGAEgASgLMhcuc3RhdGVrZWVwZXIudjEuTm9kZVJlZhISCgpyZXF1ZXN0X2lkGAIgASgJIj0KEkRlbGV0ZU5vZGVSZXNwb25zZRIQCghyZXZpc2lvbhgBIAEoAxIVCg1kZWxldGVkX2NvdW50GAIgASgDIj8KCVRhc2tJbnB1dBIMCgR0YXNrGAEgASgJEhMKC2RlYWRsaW5lX21zGAIgASgDEg8KB3BheWxvYWQYAyABKAwigQIKFkFwcGx5VHJhbnNpdGlvblJlcXVlc3QSJQoEbm9kZRgBIAEoCzIXLnN0YXRla2VlcGVyLnYxLk5vZGVSZWYSEgoKdHJhbnNpdGlvbhgCIAEoCRIiCgRkYXRhGAMgASgLMhQuc3RhdGVrZWVwZXIudjEuRGF0YRImChlleHBlY3RlZF90cmFuc2l0aW9uX2NvdW50GAQgASgDSACIAQESEgoKcmVxdWVzdF9pZBgFIAEoCRIuCgt0YXNrX2lucHV0cxgGIAMoCzIZLnN0YXRla2VlcGVyLnYxLlRhc2tJbnB1dEIcChpfZXhwZWN0ZWRfdHJhbnNpdGlvbl9jb3VudCKIAQoXQXBwbHlUcmFuc2l0aW9uUmVzcG9uc2USIgoEbm9kZRgBIAEoCzIULnN0YXRla2VlcGVyLnYxLk5vZGUSEAoIcmV2aXNpb24YAiABKAMSEgoKZnJvbV9zdGF0ZRgDIAEoCRIjCgV0YXNrcxgEIAMoCzIULnN0YXRla2VlcGVyLnYxLlRhc2siiwIKDkJhdGNoT3BlcmF0aW9uEjgKC2NyZWF0ZV9yb290GAEgASgLMiEuc3RhdGVrZWVwZXIudjEuQ3JlYXRlUm9vdFJlcXVlc3RIABI0CglhZGRfY2hpbGQYAiABKAsyHy5zdGF0ZWtlZXBlci52MS5BZGRDaGlsZFJlcXVlc3RIABJCChBhcHBseV90cmFuc2l0aW9uGAMgASgLMiYuc3RhdGVrZWVwZXIudjEuQXBwbHlUcmFuc2l0aW9uUmVxdWVzdEgAEjgKC2RlbGV0ZV9ub2RlGAQgASgLMiEuc3RhdGVrZWVwZXIudjEuRGVsZXRlTm9kZVJlcXVlc3RIAEILCglvcGVyYXRpb24iiQIKC0JhdGNoUmVzdWx0EjkKC2NyZWF0ZV9yb290GAEgASgLMiIuc3RhdGVrZWVwZXIudjEuQ3JlYXRlUm9vdFJlc3BvbnNlSAASNQoJYWRkX2NoaWxkGAIgASgLMiAuc3RhdGVrZWVwZXIudjEuQWRkQ2hpbGRSZXNwb25zZUgAEkMKEGFwcGx5X3RyYW5zaXRpb24YAyABKAsyJy5zdGF0ZWtlZXBlci52MS5BcHBseVRyYW5zaXRpb25SZXNwb25zZUgAEjkKC2RlbGV0ZV9ub2RlGAQgASgLMiIuc3RhdGVrZWVwZXIudjEuRGVsZXRlTm9kZVJlc3BvbnNlSABCCAoGcmVzdWx0Il0KE0V4ZWN1dGVCYXRjaFJlcXVlc3QSMgoKb3BlcmF0aW9ucxgBIAMoCzIeLnN0YXRla2VlcGVyLnYxLkJhdGNoT3BlcmF0aW9uEhIKCnJlcXVlc3RfaWQYAiABKAkiVgoURXhlY3V0ZUJhdGNoUmVzcG9uc2USEAoIcmV2aXNpb24YASABKAMSLAoHcmVzdWx0cxgCIAMoCzIbLnN0YXRla2VlcGVyLnYxLkJhdGNoUmVzdWx0IpABChBMaXN0Tm9kZXNSZXF1ZXN0EhQKDG1hY2hpbmVfdHlwZRgBIAEoCRINCgVzdGF0ZRgCIAEoCRIwCgZzdGF0dXMYAyABKA4yIC5zdGF0ZWtlZXBlci52MS5Ob2RlU3RhdHVzRmlsdGVyEhEKCXBhZ2Vfc2l6ZRgEIAEoBRISCgpwYWdlX3Rva2VuGAUgASgJIlEKEUxpc3ROb2Rlc1Jlc3BvbnNlEiMKBW5vZGVzGAEgAygLMhQuc3RhdGVrZWVwZXIudjEuTm9kZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkitQMKFEV4ZWN1dGVTdHJlYW1SZXF1ZXN0Eg8KB2NhbGxfaWQYASABKAQSKgoHdGltZW91dBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhJCChBhcHBseV90cmFuc2l0aW9uGAMgASgLMiYuc3RhdGVrZWVwZXIudjEuQXBwbHlUcmFuc2l0aW9uUmVxdWVzdEgAEjwKDWV4ZWN1dGVfYmF0Y2gYBCABKAsyIy5zdGF0ZWtlZXBlci52MS5FeGVjdXRlQmF0Y2hSZXF1ZXN0SAASOAoLY3JlYXRlX3Jvb3QYBSABKAsyIS5zdGF0ZWtlZXBlci52MS5DcmVhdGVSb290UmVxdWVzdEgAEjQKCWFkZF9jaGlsZBgGIAEoCzIfLnN0YXRla2VlcGVyLnYxLkFkZENoaWxkUmVxdWVzdEgAEjgKC2RlbGV0ZV9ub2RlGAcgASgLMiEuc3RhdGVrZWVwZXIudjEuRGVsZXRlTm9kZVJlcXVlc3RIABIsCgZjYW5jZWwYCCABKAsyGi5zdGF0ZWtlZXBlci52MS5DYW5jZWxDYWxsSABCBgoEY2FsbCIMCgpDYW5jZWxDYWxsIogDChVFeGVjdXRlU3RyZWFtUmVzcG9uc2USDwoHY2FsbF9pZBgBIAEoBBIjCgVlcnJvchgCIAEoCzISLmdvb2dsZS5ycGMuU3RhdHVzSAASQwoQYXBwbHlfdHJhbnNpdGlvbhgDIAEoCzInLnN0YXRla2VlcGVyLnYxLkFwcGx5VHJhbnNpdGlvblJlc3BvbnNlSAASPQoNZXhlY3V0ZV9iYXRjaBgEIAEoCzIkLnN0YXRla2VlcGVyLnYxLkV4ZWN1dGVCYXRjaFJlc3BvbnNlSAASOQoLY3JlYXRlX3Jvb3QYBSABKAsyIi5zdGF0ZWtlZXBlci52MS5DcmVhdGVSb290UmVzcG9uc2VIABI1CglhZGRfY2hpbGQYBiABKAsyIC5zdGF0ZWtlZXBlci52MS5BZGRDaGlsZFJlc3BvbnNlSAASOQoLZGVsZXRlX25vZGUYByABKAsyIi5zdGF0ZWtlZXBlci52MS5EZWxldGVOb2RlUmVzcG9uc2VIAEIICgZyZXN1bHQqdgoQTm9kZVN0YXR1c0ZpbHRlchIiCh5OT0RFX1NUQVRVU19GSUxURVJfVU5TUEVDSUZJRUQQABIdChlOT0RFX1NUQVRVU19GSUxURVJfQUNUSVZFEAESHwobTk9ERV9TVEFUVVNfRklMVEVSX1RFUk1JTkFMEAIy7wYKC05vZGVTZXJ2aWNlElMKCkNyZWF0ZVJvb3QSIS5zdGF0ZWtlZXBlci52MS5DcmVhdGVSb290UmVxdWVzdBoiLnN0YXRla2VlcGVyLnYxLkNyZWF0ZVJvb3RSZXNwb25zZRJNCghBZGRDaGlsZBIfLnN0YXRla2VlcGVyLnYxLkFkZENoaWxkUmVxdWVzdBogLnN0YXRla2VlcGVyLnYxLkFkZENoaWxkUmVzcG9uc2USSgoHR2V0Tm9kZRIeLnN0YXRla2VlcGVyLnYxLkdldE5vZGVSZXF1ZXN0Gh8uc3RhdGVrZWVwZXIudjEuR2V0Tm9kZVJlc3BvbnNlElkKDExpc3RDaGlsZHJlbhIjLnN0YXRla2VlcGVyLnYxLkxpc3RDaGlsZHJlblJlcXVlc3QaJC5zdGF0ZWtlZXBlci52MS5MaXN0Q2hpbGRyZW5SZXNwb25zZRJNCghXYWxrVHJlZRIfLnN0YXRla2VlcGVyLnYxLldhbGtUcmVlUmVxdWVzdBogLnN0YXRla2VlcGVyLnYxLldhbGtUcmVlUmVzcG9uc2USUwoKRGVsZXRlTm9kZRIhLnN0YXRla2VlcGVyLnYxLkRlbGV0ZU5vZGVSZXF1ZXN0GiIuc3RhdGVrZWVwZXIudjEuRGVsZXRlTm9kZVJlc3BvbnNlEmIKD0FwcGx5VHJhbnNpdGlvbhImLnN0YXRla2VlcGVyLnYxLkFwcGx5VHJhbnNpdGlvblJlcXVlc3QaJy5zdGF0ZWtlZXBlci52MS5BcHBseVRyYW5zaXRpb25SZXNwb25zZRJZCgxFeGVjdXRlQmF0Y2gSIy5zdGF0ZWtlZXBlci52MS5FeGVjdXRlQmF0Y2hSZXF1ZXN0GiQuc3RhdGVrZWVwZXIudjEuRXhlY3V0ZUJhdGNoUmVzcG9uc2USUAoJTGlzdE5vZGVzEiAuc3RhdGVrZWVwZXIudjEuTGlzdE5vZGVzUmVxdWVzdBohLnN0YXRla2VlcGVyLnYxLkxpc3ROb2Rlc1Jlc3BvbnNlEmAKDUV4ZWN1dGVTdHJlYW0SJC5zdGF0ZWtlZXBlci52MS5FeGVjdXRlU3RyZWFtUmVxdWVzdBolLnN0YXRla2VlcGVyLnYxLkV4ZWN1dGVTdHJlYW1SZXNwb25zZSgBMAFiBnByb3RvMw", [file_google_protobuf_duration, file_google_rpc_status, file_statekeeper_v1_common, file_statekeeper_v1_task]);
+  fileDesc("ChlzdGF0ZWtlZXBlci92MS9ub2RlLnByb3RvEg5zdGF0ZWtlZXBlci52MSLSAgoETm9kZRIkCgNyZWYYASABKAsyFy5zdGF0ZWtlZXBlci52MS5Ob2RlUmVmEgwKBHR5cGUYAiABKAkSFAoMdHlwZV92ZXJzaW9uGAMgASgNEg0KBXN0YXRlGAQgASgJEiIKBGRhdGEYBSABKAsyFC5zdGF0ZWtlZXBlci52MS5EYXRhEhgKEHRyYW5zaXRpb25fY291bnQYBiABKAMSFwoPY3JlYXRlX3JldmlzaW9uGAcgASgDEhcKD3VwZGF0ZV9yZXZpc2lvbhgIIAEoAxIQCgh0ZXJtaW5hbBgJIAEoCBI7CgxjaGlsZF9jb3VudHMYCiADKAsyJS5zdGF0ZWtlZXBlci52MS5Ob2RlLkNoaWxkQ291bnRzRW50cnkaMgoQQ2hpbGRDb3VudHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAM6AjgBInsKEUNyZWF0ZVJvb3RSZXF1ZXN0EgwKBHR5cGUYASABKAkSCgoCaWQYAiABKAkSIgoEZGF0YRgDIAEoCzIULnN0YXRla2VlcGVyLnYxLkRhdGESFAoMdHlwZV92ZXJzaW9uGAQgASgNEhIKCnJlcXVlc3RfaWQYBSABKAkiSgoSQ3JlYXRlUm9vdFJlc3BvbnNlEiIKBG5vZGUYASABKAsyFC5zdGF0ZWtlZXBlci52MS5Ob2RlEhAKCHJldmlzaW9uGAIgASgDIq4BCg9BZGRDaGlsZFJlcXVlc3QSJwoGcGFyZW50GAEgASgLMhcuc3RhdGVrZWVwZXIudjEuTm9kZVJlZhIkCgNrZXkYAiABKAsyFy5zdGF0ZWtlZXBlci52MS5Ob2RlS2V5EiIKBGRhdGEYAyABKAsyFC5zdGF0ZWtlZXBlci52MS5EYXRhEhQKDHR5cGVfdmVyc2lvbhgEIAEoDRISCgpyZXF1ZXN0X2lkGAUgASgJIkgKEEFkZENoaWxkUmVzcG9uc2USIgoEbm9kZRgBIAEoCzIULnN0YXRla2VlcGVyLnYxLk5vZGUSEAoIcmV2aXNpb24YAiABKAMiNwoOR2V0Tm9kZVJlcXVlc3QSJQoEbm9kZRgBIAEoCzIXLnN0YXRla2VlcGVyLnYxLk5vZGVSZWYiNQoPR2V0Tm9kZVJlc3BvbnNlEiIKBG5vZGUYASABKAsyFC5zdGF0ZWtlZXBlci52MS5Ob2RlInMKE0xpc3RDaGlsZHJlblJlcXVlc3QSJwoGcGFyZW50GAEgASgLMhcuc3RhdGVrZWVwZXIudjEuTm9kZVJlZhIMCgR0eXBlGAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJIlQKFExpc3RDaGlsZHJlblJlc3BvbnNlEiMKBW5vZGVzGAEgAygLMhQuc3RhdGVrZWVwZXIudjEuTm9kZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiXwoPV2Fsa1RyZWVSZXF1ZXN0EiUKBG5vZGUYASABKAsyFy5zdGF0ZWtlZXBlci52MS5Ob2RlUmVmEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIlAKEFdhbGtUcmVlUmVzcG9uc2USIwoFbm9kZXMYASADKAsyFC5zdGF0ZWtlZXBlci52MS5Ob2RlEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJOChFEZWxldGVOb2RlUmVxdWVzdBIlCgRub2RlGAEgASgLMhcuc3RhdGVrZWVwZXIudjEuTm9kZVJlZhISCgpyZXF1ZXN0X2lkGAIgASgJIj0KEkRlbGV0ZU5vZGVSZXNwb25zZRIQCghyZXZpc2lvbhgBIAEoAxIVCg1kZWxldGVkX2NvdW50GAIgASgDIj8KCVRhc2tJbnB1dBIMCgR0YXNrGAEgASgJEhMKC2RlYWRsaW5lX21zGAIgASgDEg8KB3BheWxvYWQYAyABKAwigQIKFkFwcGx5VHJhbnNpdGlvblJlcXVlc3QSJQoEbm9kZRgBIAEoCzIXLnN0YXRla2VlcGVyLnYxLk5vZGVSZWYSEgoKdHJhbnNpdGlvbhgCIAEoCRIiCgRkYXRhGAMgASgLMhQuc3RhdGVrZWVwZXIudjEuRGF0YRImChlleHBlY3RlZF90cmFuc2l0aW9uX2NvdW50GAQgASgDSACIAQESEgoKcmVxdWVzdF9pZBgFIAEoCRIuCgt0YXNrX2lucHV0cxgGIAMoCzIZLnN0YXRla2VlcGVyLnYxLlRhc2tJbnB1dEIcChpfZXhwZWN0ZWRfdHJhbnNpdGlvbl9jb3VudCKIAQoXQXBwbHlUcmFuc2l0aW9uUmVzcG9uc2USIgoEbm9kZRgBIAEoCzIULnN0YXRla2VlcGVyLnYxLk5vZGUSEAoIcmV2aXNpb24YAiABKAMSEgoKZnJvbV9zdGF0ZRgDIAEoCRIjCgV0YXNrcxgEIAMoCzIULnN0YXRla2VlcGVyLnYxLlRhc2siiwIKDkJhdGNoT3BlcmF0aW9uEjgKC2NyZWF0ZV9yb290GAEgASgLMiEuc3RhdGVrZWVwZXIudjEuQ3JlYXRlUm9vdFJlcXVlc3RIABI0CglhZGRfY2hpbGQYAiABKAsyHy5zdGF0ZWtlZXBlci52MS5BZGRDaGlsZFJlcXVlc3RIABJCChBhcHBseV90cmFuc2l0aW9uGAMgASgLMiYuc3RhdGVrZWVwZXIudjEuQXBwbHlUcmFuc2l0aW9uUmVxdWVzdEgAEjgKC2RlbGV0ZV9ub2RlGAQgASgLMiEuc3RhdGVrZWVwZXIudjEuRGVsZXRlTm9kZVJlcXVlc3RIAEILCglvcGVyYXRpb24iiQIKC0JhdGNoUmVzdWx0EjkKC2NyZWF0ZV9yb290GAEgASgLMiIuc3RhdGVrZWVwZXIudjEuQ3JlYXRlUm9vdFJlc3BvbnNlSAASNQoJYWRkX2NoaWxkGAIgASgLMiAuc3RhdGVrZWVwZXIudjEuQWRkQ2hpbGRSZXNwb25zZUgAEkMKEGFwcGx5X3RyYW5zaXRpb24YAyABKAsyJy5zdGF0ZWtlZXBlci52MS5BcHBseVRyYW5zaXRpb25SZXNwb25zZUgAEjkKC2RlbGV0ZV9ub2RlGAQgASgLMiIuc3RhdGVrZWVwZXIudjEuRGVsZXRlTm9kZVJlc3BvbnNlSABCCAoGcmVzdWx0Il0KE0V4ZWN1dGVCYXRjaFJlcXVlc3QSMgoKb3BlcmF0aW9ucxgBIAMoCzIeLnN0YXRla2VlcGVyLnYxLkJhdGNoT3BlcmF0aW9uEhIKCnJlcXVlc3RfaWQYAiABKAkiVgoURXhlY3V0ZUJhdGNoUmVzcG9uc2USEAoIcmV2aXNpb24YASABKAMSLAoHcmVzdWx0cxgCIAMoCzIbLnN0YXRla2VlcGVyLnYxLkJhdGNoUmVzdWx0IpABChBMaXN0Tm9kZXNSZXF1ZXN0EhQKDG1hY2hpbmVfdHlwZRgBIAEoCRINCgVzdGF0ZRgCIAEoCRIwCgZzdGF0dXMYAyABKA4yIC5zdGF0ZWtlZXBlci52MS5Ob2RlU3RhdHVzRmlsdGVyEhEKCXBhZ2Vfc2l6ZRgEIAEoBRISCgpwYWdlX3Rva2VuGAUgASgJIlEKEUxpc3ROb2Rlc1Jlc3BvbnNlEiMKBW5vZGVzGAEgAygLMhQuc3RhdGVrZWVwZXIudjEuTm9kZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiQQoURXhlY3V0ZVN0cmVhbVJlcXVlc3QSKQoFY2FsbHMYASADKAsyGi5zdGF0ZWtlZXBlci52MS5TdHJlYW1DYWxsIqsDCgpTdHJlYW1DYWxsEg8KB2NhbGxfaWQYASABKAQSKgoHdGltZW91dBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhJCChBhcHBseV90cmFuc2l0aW9uGAMgASgLMiYuc3RhdGVrZWVwZXIudjEuQXBwbHlUcmFuc2l0aW9uUmVxdWVzdEgAEjwKDWV4ZWN1dGVfYmF0Y2gYBCABKAsyIy5zdGF0ZWtlZXBlci52MS5FeGVjdXRlQmF0Y2hSZXF1ZXN0SAASOAoLY3JlYXRlX3Jvb3QYBSABKAsyIS5zdGF0ZWtlZXBlci52MS5DcmVhdGVSb290UmVxdWVzdEgAEjQKCWFkZF9jaGlsZBgGIAEoCzIfLnN0YXRla2VlcGVyLnYxLkFkZENoaWxkUmVxdWVzdEgAEjgKC2RlbGV0ZV9ub2RlGAcgASgLMiEuc3RhdGVrZWVwZXIudjEuRGVsZXRlTm9kZVJlcXVlc3RIABIsCgZjYW5jZWwYCCABKAsyGi5zdGF0ZWtlZXBlci52MS5DYW5jZWxDYWxsSABCBgoEY2FsbCIMCgpDYW5jZWxDYWxsIkoKFUV4ZWN1dGVTdHJlYW1SZXNwb25zZRIxCgdyZXN1bHRzGAEgAygLMiAuc3RhdGVrZWVwZXIudjEuU3RyZWFtQ2FsbFJlc3VsdCKDAwoQU3RyZWFtQ2FsbFJlc3VsdBIPCgdjYWxsX2lkGAEgASgEEiMKBWVycm9yGAIgASgLMhIuZ29vZ2xlLnJwYy5TdGF0dXNIABJDChBhcHBseV90cmFuc2l0aW9uGAMgASgLMicuc3RhdGVrZWVwZXIudjEuQXBwbHlUcmFuc2l0aW9uUmVzcG9uc2VIABI9Cg1leGVjdXRlX2JhdGNoGAQgASgLMiQuc3RhdGVrZWVwZXIudjEuRXhlY3V0ZUJhdGNoUmVzcG9uc2VIABI5CgtjcmVhdGVfcm9vdBgFIAEoCzIiLnN0YXRla2VlcGVyLnYxLkNyZWF0ZVJvb3RSZXNwb25zZUgAEjUKCWFkZF9jaGlsZBgGIAEoCzIgLnN0YXRla2VlcGVyLnYxLkFkZENoaWxkUmVzcG9uc2VIABI5CgtkZWxldGVfbm9kZRgHIAEoCzIiLnN0YXRla2VlcGVyLnYxLkRlbGV0ZU5vZGVSZXNwb25zZUgAQggKBnJlc3VsdCp2ChBOb2RlU3RhdHVzRmlsdGVyEiIKHk5PREVfU1RBVFVTX0ZJTFRFUl9VTlNQRUNJRklFRBAAEh0KGU5PREVfU1RBVFVTX0ZJTFRFUl9BQ1RJVkUQARIfChtOT0RFX1NUQVRVU19GSUxURVJfVEVSTUlOQUwQAjLvBgoLTm9kZVNlcnZpY2USUwoKQ3JlYXRlUm9vdBIhLnN0YXRla2VlcGVyLnYxLkNyZWF0ZVJvb3RSZXF1ZXN0GiIuc3RhdGVrZWVwZXIudjEuQ3JlYXRlUm9vdFJlc3BvbnNlEk0KCEFkZENoaWxkEh8uc3RhdGVrZWVwZXIudjEuQWRkQ2hpbGRSZXF1ZXN0GiAuc3RhdGVrZWVwZXIudjEuQWRkQ2hpbGRSZXNwb25zZRJKCgdHZXROb2RlEh4uc3RhdGVrZWVwZXIudjEuR2V0Tm9kZVJlcXVlc3QaHy5zdGF0ZWtlZXBlci52MS5HZXROb2RlUmVzcG9uc2USWQoMTGlzdENoaWxkcmVuEiMuc3RhdGVrZWVwZXIudjEuTGlzdENoaWxkcmVuUmVxdWVzdBokLnN0YXRla2VlcGVyLnYxLkxpc3RDaGlsZHJlblJlc3BvbnNlEk0KCFdhbGtUcmVlEh8uc3RhdGVrZWVwZXIudjEuV2Fsa1RyZWVSZXF1ZXN0GiAuc3RhdGVrZWVwZXIudjEuV2Fsa1RyZWVSZXNwb25zZRJTCgpEZWxldGVOb2RlEiEuc3RhdGVrZWVwZXIudjEuRGVsZXRlTm9kZVJlcXVlc3QaIi5zdGF0ZWtlZXBlci52MS5EZWxldGVOb2RlUmVzcG9uc2USYgoPQXBwbHlUcmFuc2l0aW9uEiYuc3RhdGVrZWVwZXIudjEuQXBwbHlUcmFuc2l0aW9uUmVxdWVzdBonLnN0YXRla2VlcGVyLnYxLkFwcGx5VHJhbnNpdGlvblJlc3BvbnNlElkKDEV4ZWN1dGVCYXRjaBIjLnN0YXRla2VlcGVyLnYxLkV4ZWN1dGVCYXRjaFJlcXVlc3QaJC5zdGF0ZWtlZXBlci52MS5FeGVjdXRlQmF0Y2hSZXNwb25zZRJQCglMaXN0Tm9kZXMSIC5zdGF0ZWtlZXBlci52MS5MaXN0Tm9kZXNSZXF1ZXN0GiEuc3RhdGVrZWVwZXIudjEuTGlzdE5vZGVzUmVzcG9uc2USYAoNRXhlY3V0ZVN0cmVhbRIkLnN0YXRla2VlcGVyLnYxLkV4ZWN1dGVTdHJlYW1SZXF1ZXN0GiUuc3RhdGVrZWVwZXIudjEuRXhlY3V0ZVN0cmVhbVJlc3BvbnNlKAEwAWIGcHJvdG8z", [file_google_protobuf_duration, file_google_rpc_status, file_statekeeper_v1_common, file_statekeeper_v1_task]);
 
 /**
  * Node is one state machine instance.
@@ -865,13 +865,34 @@ export const ListNodesResponseSchema: GenMessage<ListNodesResponse> = /*@__PURE_
   messageDesc(file_statekeeper_v1_node, 21);
 
 /**
- * ExecuteStreamRequest is one call of an ExecuteStream, or the cancellation of one.
+ * ExecuteStreamRequest carries calls of an ExecuteStream: one, or all the client has ready.
  *
  * @generated from message statekeeper.v1.ExecuteStreamRequest
  */
 export type ExecuteStreamRequest = Message<"statekeeper.v1.ExecuteStreamRequest"> & {
   /**
-   * Chosen by the client to match the response to its call, and echoed as is. Give each call
+   * The calls, each handled on its own (in no particular order).
+   *
+   * @generated from field: repeated statekeeper.v1.StreamCall calls = 1;
+   */
+  calls: StreamCall[];
+};
+
+/**
+ * Describes the message statekeeper.v1.ExecuteStreamRequest.
+ * Use `create(ExecuteStreamRequestSchema)` to create a new message.
+ */
+export const ExecuteStreamRequestSchema: GenMessage<ExecuteStreamRequest> = /*@__PURE__*/
+  messageDesc(file_statekeeper_v1_node, 22);
+
+/**
+ * StreamCall is one call of an ExecuteStream, or the cancellation of one.
+ *
+ * @generated from message statekeeper.v1.StreamCall
+ */
+export type StreamCall = Message<"statekeeper.v1.StreamCall"> & {
+  /**
+   * Chosen by the client to match the result to its call, and echoed as is. Give each call
    * in flight on the stream its own id (the server does not check).
    *
    * @generated from field: uint64 call_id = 1;
@@ -891,7 +912,7 @@ export type ExecuteStreamRequest = Message<"statekeeper.v1.ExecuteStreamRequest"
   /**
    * The call: the request of the unary method of that name; not set: INVALID_ARGUMENT.
    *
-   * @generated from oneof statekeeper.v1.ExecuteStreamRequest.call
+   * @generated from oneof statekeeper.v1.StreamCall.call
    */
   call: {
     /**
@@ -947,14 +968,14 @@ export type ExecuteStreamRequest = Message<"statekeeper.v1.ExecuteStreamRequest"
 };
 
 /**
- * Describes the message statekeeper.v1.ExecuteStreamRequest.
- * Use `create(ExecuteStreamRequestSchema)` to create a new message.
+ * Describes the message statekeeper.v1.StreamCall.
+ * Use `create(StreamCallSchema)` to create a new message.
  */
-export const ExecuteStreamRequestSchema: GenMessage<ExecuteStreamRequest> = /*@__PURE__*/
-  messageDesc(file_statekeeper_v1_node, 22);
+export const StreamCallSchema: GenMessage<StreamCall> = /*@__PURE__*/
+  messageDesc(file_statekeeper_v1_node, 23);
 
 /**
- * CancelCall cancels a call of an ExecuteStream (see ExecuteStreamRequest.cancel).
+ * CancelCall cancels a call of an ExecuteStream (see StreamCall.cancel).
  *
  * @generated from message statekeeper.v1.CancelCall
  */
@@ -966,16 +987,37 @@ export type CancelCall = Message<"statekeeper.v1.CancelCall"> & {
  * Use `create(CancelCallSchema)` to create a new message.
  */
 export const CancelCallSchema: GenMessage<CancelCall> = /*@__PURE__*/
-  messageDesc(file_statekeeper_v1_node, 23);
+  messageDesc(file_statekeeper_v1_node, 24);
 
 /**
- * ExecuteStreamResponse is the outcome of one call of an ExecuteStream.
+ * ExecuteStreamResponse carries results of an ExecuteStream's calls: those ready together.
  *
  * @generated from message statekeeper.v1.ExecuteStreamResponse
  */
 export type ExecuteStreamResponse = Message<"statekeeper.v1.ExecuteStreamResponse"> & {
   /**
-   * The call_id of the call's request.
+   * The results, one per call, in the order the calls completed.
+   *
+   * @generated from field: repeated statekeeper.v1.StreamCallResult results = 1;
+   */
+  results: StreamCallResult[];
+};
+
+/**
+ * Describes the message statekeeper.v1.ExecuteStreamResponse.
+ * Use `create(ExecuteStreamResponseSchema)` to create a new message.
+ */
+export const ExecuteStreamResponseSchema: GenMessage<ExecuteStreamResponse> = /*@__PURE__*/
+  messageDesc(file_statekeeper_v1_node, 25);
+
+/**
+ * StreamCallResult is the outcome of one call of an ExecuteStream.
+ *
+ * @generated from message statekeeper.v1.StreamCallResult
+ */
+export type StreamCallResult = Message<"statekeeper.v1.StreamCallResult"> & {
+  /**
+   * The call_id of the call.
    *
    * @generated from field: uint64 call_id = 1;
    */
@@ -984,7 +1026,7 @@ export type ExecuteStreamResponse = Message<"statekeeper.v1.ExecuteStreamRespons
   /**
    * What the unary method would have answered.
    *
-   * @generated from oneof statekeeper.v1.ExecuteStreamResponse.result
+   * @generated from oneof statekeeper.v1.StreamCallResult.result
    */
   result: {
     /**
@@ -1040,11 +1082,11 @@ export type ExecuteStreamResponse = Message<"statekeeper.v1.ExecuteStreamRespons
 };
 
 /**
- * Describes the message statekeeper.v1.ExecuteStreamResponse.
- * Use `create(ExecuteStreamResponseSchema)` to create a new message.
+ * Describes the message statekeeper.v1.StreamCallResult.
+ * Use `create(StreamCallResultSchema)` to create a new message.
  */
-export const ExecuteStreamResponseSchema: GenMessage<ExecuteStreamResponse> = /*@__PURE__*/
-  messageDesc(file_statekeeper_v1_node, 24);
+export const StreamCallResultSchema: GenMessage<StreamCallResult> = /*@__PURE__*/
+  messageDesc(file_statekeeper_v1_node, 26);
 
 /**
  * NodeStatusFilter selects nodes by whether they are in a terminal state.
@@ -1183,10 +1225,12 @@ export const NodeService: GenService<{
   },
   /**
    * ExecuteStream pipelines write calls over one stream, the way database drivers do: each
-   * request carries one call (an ApplyTransition, ExecuteBatch, CreateRoot, AddChild or
-   * DeleteNode request) under a call_id the client chooses, and each call's response comes
-   * back with that call_id as soon as the call completes, in any order. Calls that arrive
-   * together commit in one group (one fsync). The unary methods stay for plain gRPC clients.
+   * call (an ApplyTransition, ExecuteBatch, CreateRoot, AddChild or DeleteNode request) goes
+   * under a call_id the client chooses, and its result comes back with that call_id as soon as
+   * the call completes, in any order. A message may carry several calls, and the server puts
+   * the results that are ready together into one message (one message per call costs more in
+   * gRPC than the call itself). Calls that arrive together commit in one group (one fsync).
+   * The unary methods stay for plain gRPC clients.
    *
    * Each call is handled exactly as its unary method: the same validation, the same
    * admission (a call over the server's --max-concurrent-rpcs is answered RESOURCE_EXHAUSTED),
@@ -1195,19 +1239,21 @@ export const NodeService: GenService<{
    * to the server owning the call's shard. Its error is the status the unary call would have
    * ended with, with the same ErrorInfo. The stream needs the write permission (so do all its
    * calls). Calls in flight are independent, as concurrent unary calls are: when one call must
-   * see another's effect, send it after that one's response.
+   * see another's effect, send it after that one's result.
    *
    * Limits and ending: at most 1000 calls are in flight per stream (read and not yet
    * answered); beyond that the server stops reading until one is answered (flow control holds
    * the client back; nothing is refused). After the client half-closes, the server answers
    * every call in flight, then ends the stream OK. The stream itself fails only when refused
-   * at the start (UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAVAILABLE) or after
-   * a request that does not parse (INVALID_ARGUMENT, reason MALFORMED_REQUEST; the calls in
-   * flight are answered first). When the stream ends otherwise (cancelled, its deadline, the
-   * connection lost, the server gone), every call in flight is cancelled as a unary call is
-   * when its client disconnects: its outcome is unknown to the client (a write that was
-   * already queued still commits). Retry those with the same request_id, as after UNAVAILABLE
-   * (the Python SDK does); calls without one are not safe to retry.
+   * at the start (UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAVAILABLE), when
+   * the server shuts down (UNAVAILABLE, reason SHUTTING_DOWN: the calls read are answered
+   * first, later ones were not read), or after a message that does not parse (INVALID_ARGUMENT,
+   * reason MALFORMED_REQUEST; the calls in flight are answered first). When the stream ends
+   * otherwise (cancelled, its deadline, the connection lost, the server gone), every call in
+   * flight is cancelled as a unary call is when its client disconnects: its outcome is unknown
+   * to the client (a write that was already queued still commits). Retry those with the same
+   * request_id, as after UNAVAILABLE (the Python SDK does); calls without one are not safe to
+   * retry.
    *
    * @generated from rpc statekeeper.v1.NodeService.ExecuteStream
    */
