@@ -146,3 +146,42 @@ def test_reflection_needs_no_token(grpcurl: Path, tmp_path: Path) -> None:
         assert authorized.returncode == 0, authorized.stderr
     finally:
         proc.kill()
+
+
+def test_grpcurl_pipelines_calls_over_execute_stream(grpcurl: Path, server: ServerProcess, uid: str) -> None:
+    """A plain gRPC client's pipelined calls: the messages in, each call's result (or its
+    google.rpc.Status, with the ErrorInfo the unary call carries) out, matched by call_id."""
+    create = run(
+        grpcurl,
+        server,
+        "statekeeper.v1.NodeService/CreateRoot",
+        flags=["-d", json.dumps({"type": "order", "id": uid})],
+    )
+    assert create.returncode == 0, create.stderr
+    calls = [
+        {"calls": [{"call_id": 7, "apply_transition": {"node": {"root_id": uid}, "transition": "pay"}}]},
+        {
+            "calls": [
+                {
+                    "call_id": 8,
+                    "timeout": "5s",
+                    "apply_transition": {"node": {"root_id": "no-" + uid}, "transition": "pay"},
+                }
+            ]
+        },
+    ]
+    streamed = run(
+        grpcurl,
+        server,
+        "statekeeper.v1.NodeService/ExecuteStream",
+        flags=["-d", " ".join(map(json.dumps, calls))],
+    )
+    assert streamed.returncode == 0, streamed.stderr
+    decoder, text, results = json.JSONDecoder(), streamed.stdout.strip(), {}
+    while text:
+        message, end = decoder.raw_decode(text)
+        results.update({r["call_id"]: r for r in message["results"]})
+        text = text[end:].strip()
+    assert results["7"]["apply_transition"]["node"]["state"] == "paid"
+    error = results["8"]["error"]
+    assert error["code"] == 5 and error["details"][0]["reason"] == "NODE_NOT_FOUND"
