@@ -143,9 +143,10 @@ class _Call:
 
 
 class Pipeline:
-    """The handler of one bidirectional method whose `call` oneof holds the requests of other
-    methods: `calls` maps each member's name to that method's wrapped unary handler; `malformed`
-    tells the error of a request that did not parse (None: it parsed)."""
+    """The handler of one bidirectional method whose messages carry calls (StreamCall) with a
+    `call` oneof of other methods' requests: `calls` maps each member's name to that method's
+    wrapped unary handler, `fields` to its field number in the result (StreamCallResult);
+    `malformed` tells the error of a message that did not parse (None: it parsed)."""
 
     def __init__(
         self,
@@ -160,9 +161,9 @@ class Pipeline:
         self._pipelines = pipelines
 
     async def serve(self, requests: AsyncIterator[Any], context: Any) -> AsyncGenerator[bytes, None]:
-        """The responses of the stream, as each call completes; raises a DomainError when the
-        stream must end with one (after every call read has been answered)."""
-        answers: asyncio.Queue[bytes | None] = asyncio.Queue()  # one per call; None: reading ended
+        """The stream's responses: the results of the calls completed since the last one; raises
+        a DomainError when the stream must end with one (after every call read is answered)."""
+        answers: asyncio.Queue[bytes | None] = asyncio.Queue()  # a result per call; None: reading ended
         slots = asyncio.Semaphore(MAX_CALLS_IN_FLIGHT)
         calls: dict[int, _Call] = {}  # by call_id, for cancellations
         running: set[asyncio.Task[None]] = set()
