@@ -75,7 +75,7 @@ def _stream(
     messages = [_message(*calls[i : i + per_message]) for i in range(0, len(calls), per_message)]
     with grpc.insecure_channel(address) as channel:
         responses = node_pb2_grpc.NodeServiceStub(channel).ExecuteStream(
-            iter(messages), metadata=metadata, timeout=60
+            iter(messages), metadata=metadata, timeout=30
         )
         out = {r.call_id: r for response in responses for r in response.results}
     assert len(out) == len([c for c in calls if c.WhichOneof("call") != "cancel"])
@@ -674,3 +674,25 @@ def test_stopping_the_server_ends_open_streams_at_once(tmp_path: Path) -> None:
         proc.kill()
     assert isinstance(outcome, sk.TransitionResult) and outcome.node.state == "paid"
     assert took < 30, took  # far below the 60 s grace it would otherwise have waited out
+
+
+def test_a_call_cancelled_in_the_message_that_carries_it_is_answered_cancelled(
+    plain: ServerProcess, uid: str
+) -> None:
+    """Regression: a cancellation right behind its call (in one message) reached the call's task
+    before it had started; the task ended without an answer and the stream never finished."""
+    with sk.SyncClient.connect(plain.address) as c:
+        c.create_root("order", uid)
+    answers = _stream(
+        plain.address,
+        [
+            _call(1, "apply_transition", _transition(uid, "pay")),
+            node_pb2.StreamCall(call_id=1, cancel=node_pb2.CancelCall()),
+            _call(2, "apply_transition", _transition("missing-" + uid, "pay")),
+        ],
+        per_message=3,
+    )
+    assert answers[1].error == status_pb2.Status(code=grpc.StatusCode.CANCELLED.value[0], message="Cancelled")
+    assert _reason(answers[2].error) == "NODE_NOT_FOUND"
+    with sk.SyncClient.connect(plain.address) as c:
+        assert c.get_node(uid).transition_count == 0  # cancelled before it ran: nothing applied

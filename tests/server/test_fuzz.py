@@ -288,6 +288,33 @@ def _outcome(e: grpc.RpcError) -> Outcome:
     return Outcome(call.code(), reason, call.details() or "")
 
 
+def _pipelined_outcome(path: str, results: list[node_pb2.StreamCallResult]) -> tuple[Outcome, bool]:
+    """The outcome of a message of pipelined calls: each call's status must be one a client can
+    act on, with a reason, as a unary call's (or DEADLINE_EXCEEDED / CANCELLED, as gRPC's own:
+    a fuzzed per-call timeout may be tiny, a fuzzed cancellation may name a call). OK when any
+    call succeeded or its outcome is unknown (the store may have changed), else the first
+    call's error (then nothing may have changed); and whether an outcome is unknown."""
+    refusals, changed, unknown = [], not results, False
+    for r in results:
+        if not r.HasField("error"):
+            changed = True
+            continue
+        code = next(c for c in grpc.StatusCode if c.value[0] == r.error.code)
+        reason = ""
+        for d in r.error.details:
+            info = error_details_pb2.ErrorInfo()
+            if d.Unpack(info):
+                reason = info.reason
+        if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+            changed = unknown = True  # its write may have been queued
+            continue
+        assert code in ALLOWED and reason, (
+            f"{path}: a call answered {code.name} {reason}: {r.error.message!r}"
+        )
+        refusals.append(Outcome(code, reason, r.error.message))
+    return (Outcome(grpc.StatusCode.OK, "", "") if changed else refusals[0]), unknown
+
+
 class Fuzzed:
     def __init__(self, proc: ServerProcess) -> None:
         self.proc = proc
@@ -307,6 +334,18 @@ class Fuzzed:
         return outcome
 
     def _call(self, method: MethodDescriptor, path: str, body: bytes) -> Outcome:
+        if method.client_streaming:  # ExecuteStream: body is one message of calls
+            pipelined: Any = self.channel.stream_stream(path)(iter([body]), timeout=10)
+            try:
+                results = [
+                    r for raw in pipelined for r in node_pb2.ExecuteStreamResponse.FromString(raw).results
+                ]
+            except grpc.RpcError as e:
+                return _outcome(e)
+            outcome, unknown = _pipelined_outcome(path, results)
+            if unknown:  # a write cut short may still be queued: let it land before the next check
+                self.client.register_machine_type(ORDER)  # (a no-op commit, answered after it)
+            return outcome
         if method.server_streaming:
             stream = self.channel.unary_stream(path)
             call: Any = stream(body, timeout=1.0)
@@ -361,7 +400,7 @@ class Fuzzed:
         outcome = self.call(method, path, body)
         code = outcome.code
         if method.server_streaming and code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return outcome  # an accepted stream with nothing to send yet
+            return outcome  # an accepted stream with nothing to send yet, or a call's own timeout
         assert code in ALLOWED, f"{path} answered {code.name} {outcome.reason}: {outcome.details!r}"
         if code == grpc.StatusCode.OK:
             return outcome

@@ -19,6 +19,7 @@ call's answer (bytes from the owner) is passed on as it came.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
@@ -138,7 +139,7 @@ class _Call:
     __slots__ = ("cancelled_by_client", "task")
 
     def __init__(self) -> None:
-        self.task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[bytes] | None = None
         self.cancelled_by_client = False
 
 
@@ -166,7 +167,7 @@ class Pipeline:
         answers: asyncio.Queue[bytes | None] = asyncio.Queue()  # a result per call; None: reading ended
         slots = asyncio.Semaphore(MAX_CALLS_IN_FLIGHT)
         calls: dict[int, _Call] = {}  # by call_id, for cancellations
-        running: set[asyncio.Task[None]] = set()
+        running: set[asyncio.Task[bytes]] = set()
         ended: list[BaseException] = []  # why reading ended early, if it did
         started = 0
         loop = asyncio.get_running_loop()
@@ -190,9 +191,11 @@ class Pipeline:
                         await slots.acquire()
                         call = _Call()
                         calls[request.call_id] = call
-                        call.task = loop.create_task(self._run(request, which, context, call, calls, answers))
+                        call.task = loop.create_task(self._answer(request, which, context, call))
                         running.add(call.task)
-                        call.task.add_done_callback(running.discard)
+                        call.task.add_done_callback(
+                            functools.partial(_settled, request.call_id, call, calls, answers, running)
+                        )
                         started += 1
             except asyncio.CancelledError:
                 if not self._pipelines.draining:
@@ -236,21 +239,6 @@ class Pipeline:
             for task in list(running):
                 task.cancel()
 
-    async def _run(
-        self,
-        request: Any,
-        which: str | None,
-        context: Any,
-        call: _Call,
-        calls: dict[int, _Call],
-        answers: asyncio.Queue[bytes | None],
-    ) -> None:
-        try:
-            answers.put_nowait(await self._answer(request, which, context, call))
-        finally:
-            if calls.get(request.call_id) is call:
-                del calls[request.call_id]
-
     async def _answer(self, request: Any, which: str | None, context: Any, call: _Call) -> bytes:
         call_id: int = request.call_id
         handler = self._calls.get(which) if which is not None else None
@@ -258,13 +246,14 @@ class Pipeline:
             return _envelope(call_id, _ERROR_FIELD, _refusal("FIELD_REQUIRED", "the call is not set", "call"))
         timeout: float | None = None
         if request.HasField("timeout"):
-            timeout = request.timeout.seconds + request.timeout.nanos / 1e9
-            if timeout < 0:
+            seconds, nanos = request.timeout.seconds, request.timeout.nanos
+            if seconds < 0 or nanos < 0 or nanos > 999_999_999:
                 return _envelope(
                     call_id,
                     _ERROR_FIELD,
-                    _refusal("FIELD_INVALID", "timeout must not be negative", "timeout"),
+                    _refusal("FIELD_INVALID", "timeout must be a Duration of zero or more", "timeout"),
                 )
+            timeout = seconds + nanos / 1e9
         sub = CallContext(context, None if timeout is None else time.monotonic() + timeout)
         try:
             async with asyncio.timeout(timeout):
@@ -285,6 +274,32 @@ class Pipeline:
             )
         payload = response if isinstance(response, bytes) else response.SerializeToString()
         return _envelope(call_id, self._fields[which], payload)
+
+
+def _settled(
+    call_id: int,
+    call: _Call,
+    calls: dict[int, _Call],
+    answers: asyncio.Queue[bytes | None],
+    running: set[asyncio.Task[bytes]],
+    task: asyncio.Task[bytes],
+) -> None:
+    """A call's task ended: its result goes out. A task cancelled before it ever ran (its
+    cancellation right behind it in one message) has none of its own: it is answered here."""
+    running.discard(task)
+    if calls.get(call_id) is call:
+        del calls[call_id]
+    if task.cancelled():
+        if call.cancelled_by_client:
+            answers.put_nowait(
+                _envelope(call_id, _ERROR_FIELD, _status(grpc.StatusCode.CANCELLED, "Cancelled"))
+            )
+        return  # else the stream is over: nobody to answer
+    error = task.exception()
+    if error is not None:  # not an Exception (those _answer answers itself)
+        answers.put_nowait(_envelope(call_id, _ERROR_FIELD, _status(grpc.StatusCode.UNKNOWN, repr(error))))
+        return
+    answers.put_nowait(task.result())
 
 
 def _refusal(reason: str, message: str, field: str) -> bytes:
