@@ -28,9 +28,18 @@ def count_keys(data_dir: Path, *keyspaces: Keyspace) -> dict[Keyspace, int]:
     reads what was written up to now, WAL included)."""
     opts = rocksdict.Options(raw_mode=True)
     cfs = {ks.value: rocksdict.Options(raw_mode=True) for ks in keyspaces}
-    db = rocksdict.Rdict(
-        str(data_dir), opts, column_families=cfs, access_type=rocksdict.AccessType.read_only()
-    )
+    for attempt in range(20):
+        try:
+            db = rocksdict.Rdict(
+                str(data_dir), opts, column_families=cfs, access_type=rocksdict.AccessType.read_only()
+            )
+            break
+        except Exception as e:
+            # The server compacts while we open: a file the manifest named may be gone by the
+            # time the read-only instance looks at it. Open again (a newer manifest).
+            if "No such file or directory" not in str(e) or attempt == 19:
+                raise
+            time.sleep(0.05)
     try:
         out = {}
         for ks in keyspaces:
