@@ -509,10 +509,12 @@ def test_a_future_start_never_reports_progress_beyond_the_current_revision(serve
     arun(main())
 
 
-def test_an_sdk_watch_resumes_by_itself_across_a_kill_9_of_its_server(tmp_path: Path) -> None:
+def test_an_sdk_watch_resumes_by_itself_across_a_kill_9_of_its_server(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Regression: a server killed in the middle of a stream closes the socket, and the SDK took
     that for a plaintext client refused by a TLS server (TLS_REQUIRED, not retried): the watch
-    ended instead of resuming once the server was back."""
+    ended instead of resuming once the server was back. While it waits, it says so in the log."""
     import asyncio
 
     proc = ServerProcess(tmp_path / "data").start()
@@ -541,7 +543,9 @@ def test_an_sdk_watch_resumes_by_itself_across_a_kill_9_of_its_server(tmp_path: 
         return seen
 
     try:
-        assert asyncio.run(asyncio.wait_for(main(), 60)) == ["before", "after"]
+        with caplog.at_level("WARNING", logger="statekeeper"):
+            assert asyncio.run(asyncio.wait_for(main(), 60)) == ["before", "after"]
+        assert any("watch: the stream broke" in r.getMessage() for r in caplog.records), caplog.text
     finally:
         proc.kill()
 

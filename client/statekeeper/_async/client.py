@@ -4,6 +4,7 @@ by scripts/gen_sync_client.py (unasync); edit here, then regenerate."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 import secrets
 import time
@@ -115,6 +116,9 @@ _DIAGRAM_FORMATS = {
     "mermaid": machine_type_pb2.DIAGRAM_FORMAT_MERMAID,
     "dot": machine_type_pb2.DIAGRAM_FORMAT_DOT,
 }
+
+
+_log = logging.getLogger("statekeeper")
 
 
 class Client:
@@ -538,6 +542,9 @@ class Client:
                 error = self._error(e)
                 if not reconnect or not is_transient(error):
                     raise error from None
+                _log.warning(
+                    "watch: the stream broke (%s); resuming after revision %d in %.1f s", error, done, delay
+                )
             finally:
                 call.cancel()  # when the caller stops iterating, end the stream at the server too
             await aio_sleep(delay)
@@ -610,6 +617,9 @@ class Client:
                 error = self._error(e)
                 if not reconnect or not is_transient(error):
                     raise error from None
+                _log.warning(
+                    "subscribe %s: the stream broke (%s); subscribing again in %.1f s", consumer, error, delay
+                )
             finally:
                 call.cancel()  # unacknowledged deliveries go back to the consumer at once
             await aio_sleep(delay)
