@@ -681,3 +681,13 @@ def test_a_savepoint_larger_than_a_message_chunk_loads_whole(client: sk.SyncClie
     client.save_entity_states([sk.EntitySave(uid, e, 60_000, s) for e, s in big.items()])
     assert client.load_latest_savepoint(uid).states == big
     assert client.list_savepoints(uid)[0].size_bytes == 4 * 700_000
+
+
+def test_list_runs_returns_every_run_across_pages(client: sk.SyncClient, uid: str) -> None:
+    ids = [f"{uid}-{i}" for i in range(5)]
+    for run_id in ids:
+        client.create_run(run_id, {"e": b"0"}, schedule_ms=60_000)
+    client.delete_run(ids[2])
+    listed = [r for r in client.list_runs(page_size=2) if r.run_id.startswith(uid)]
+    assert [r.run_id for r in listed] == [ids[0], ids[1], ids[3], ids[4]]
+    assert all(r.entity_count == 1 and r.schedule_ms == 60_000 for r in listed)

@@ -853,6 +853,18 @@ class Client:
         resp = await self._call(self._savepoints.GetRun, savepoint_pb2.GetRunRequest(run_id=run_id))
         return _convert.run(resp.run)
 
+    async def list_runs(self, *, page_size: int = 1000) -> list[Run]:
+        """Every run, by id (all pages of ListRuns)."""
+        out: list[Run] = []
+        token = ""
+        while True:
+            req = savepoint_pb2.ListRunsRequest(page_size=page_size, page_token=token)
+            resp = await self._call(self._savepoints.ListRuns, req)
+            out.extend(_convert.run(r) for r in resp.runs)
+            token = resp.next_page_token
+            if not token:
+                return out
+
     async def is_run_initialized(self, run_id: str) -> bool:
         """True once the run is initialised (durably: also after a server restart)."""
         try:

@@ -847,6 +847,18 @@ class SyncClient:
         resp = self._call(self._savepoints.GetRun, savepoint_pb2.GetRunRequest(run_id=run_id))
         return _convert.run(resp.run)
 
+    def list_runs(self, *, page_size: int = 1000) -> list[Run]:
+        """Every run, by id (all pages of ListRuns)."""
+        out: list[Run] = []
+        token = ""
+        while True:
+            req = savepoint_pb2.ListRunsRequest(page_size=page_size, page_token=token)
+            resp = self._call(self._savepoints.ListRuns, req)
+            out.extend(_convert.run(r) for r in resp.runs)
+            token = resp.next_page_token
+            if not token:
+                return out
+
     def is_run_initialized(self, run_id: str) -> bool:
         """True once the run is initialised (durably: also after a server restart)."""
         try:

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
-from statekeeper._errors import OutOfRangeError
 from statekeeper._sync.client import SyncClient
 from statekeeper._types import Run
 from statekeeper.cli._common import cell, fields_table, fmt_bytes, print_json, show, table
@@ -47,55 +44,8 @@ def _create(client: SyncClient, args: argparse.Namespace) -> int:
     return show(args, run, lambda: "created " + _run_line(run))
 
 
-def _head_revision(client: SyncClient) -> int:
-    """The store's current revision: a watch from now starts with a progress notice at it."""
-    events = client.watch(progress=True, reconnect=False)
-    try:
-        return next(e.revision for e in events if e.kind == "progress")
-    finally:
-        events.close()
-
-
-def run_ids(client: SyncClient) -> tuple[list[str], int]:
-    """The runs that exist, from the retained event history (there is no ListRuns RPC): runs
-    initialised and not deleted since. Also the oldest revision read: a run created before it
-    (its event compacted away) is not found this way. The history read ends at the first
-    progress notice past the current revision, which the server sends after a second without
-    commits."""
-    head = _head_revision(client)
-    start, seen = 1, {}
-    while True:
-        try:
-            events = client.watch(
-                start_revision=start, kinds=["run_initialised", "run_deleted"], progress=True, reconnect=False
-            )
-            for e in events:
-                if e.revision > head or (e.kind == "progress" and e.revision >= head):
-                    break
-                if e.kind != "progress":
-                    seen[json.loads(e.detail)["run_id"]] = e.kind == "run_initialised"
-            events.close()
-            break
-        except OutOfRangeError as e:
-            if e.reason != "REVISION_COMPACTED" or "oldest_revision" not in e.metadata:
-                raise
-            start = int(e.metadata["oldest_revision"])
-    return sorted(r for r, live in seen.items() if live), start
-
-
 def _list(client: SyncClient, args: argparse.Namespace) -> int:
-    ids, oldest = run_ids(client)
-    runs = []
-    for run_id in ids:
-        try:
-            runs.append(client.get_run(run_id))
-        except Exception:  # deleted meanwhile
-            continue
-    if oldest > 1:
-        print(
-            f"note: the event history starts at revision {oldest}; runs created before it are not listed",
-            file=sys.stderr,
-        )
+    runs = client.list_runs()
     rows = [
         [
             r.run_id,
