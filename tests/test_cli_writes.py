@@ -324,3 +324,12 @@ def test_shell_completion_covers_commands_and_serve_flags(
     assert "--start-revision" in complete("watch", "--st")
     assert main(["completion", "zsh"]) == 0
     assert capsys.readouterr().out.startswith("#compdef statekeeper")
+
+
+def test_info_shows_the_server_facts(server: ServerProcess, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, server, "info")
+    fields = dict(line.split(None, 1) for line in out.splitlines()[1:] if line.strip())
+    assert code == 0 and fields["store"] == "rocksdb" and fields["shard_count"] == "0", out
+    code, out, _ = run(capsys, server, "info", "--json")
+    info = json.loads(out)
+    assert code == 0 and info["revision"] >= 1 and info["cluster_members"] == [], info

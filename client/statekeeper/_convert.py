@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from statekeeper._types import (
     Backup,
+    ClusterMember,
     Consumer,
     Event,
     LeasedTask,
@@ -18,6 +19,7 @@ from statekeeper._types import (
     Savepoint,
     SavepointInfo,
     SaveResult,
+    ServerInfo,
     State,
     Task,
     TaskInput,
@@ -299,6 +301,24 @@ def savepoint_info(m: savepoint_pb2.SavepointInfo) -> SavepointInfo:
 def tree_snapshot(m: savepoint_pb2.TreeSnapshot) -> TreeSnapshot:
     return TreeSnapshot(
         m.root_id, m.name, m.revision, m.create_revision, m.create_time_ms, m.node_count, m.task_count
+    )
+
+
+def server_info(m: admin_pb2.GetServerInfoResponse) -> ServerInfo:
+    return ServerInfo(
+        m.version,
+        m.revision,
+        m.durable_revision,
+        m.store,
+        m.store_location,
+        m.fsync,
+        m.start_time_ms,
+        m.server_time_ms,
+        m.oldest_event_revision,
+        m.shard_count,
+        tuple(
+            ClusterMember(c.server_id, c.address, c.self, tuple(c.owned_shards)) for c in m.cluster_members
+        ),
     )
 
 

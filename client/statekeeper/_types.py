@@ -442,6 +442,33 @@ class TreeRestore:
 
 
 @dataclass(frozen=True)
+class ClusterMember:
+    """A live server of a cluster and the shards it owns now."""
+
+    server_id: str
+    address: str
+    is_self: bool  # the server that answered
+    owned_shards: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What a server says about itself (GetServerInfo)."""
+
+    version: str
+    revision: int
+    durable_revision: int
+    store: str  # "rocksdb" (embedded) or "postgresql" (cluster mode)
+    store_location: str  # the data folder, or the PostgreSQL address without its password
+    fsync: bool
+    start_time_ms: int
+    server_time_ms: int
+    oldest_event_revision: int
+    shard_count: int  # 0 on the embedded store
+    cluster_members: tuple[ClusterMember, ...]  # empty on the embedded store
+
+
+@dataclass(frozen=True)
 class Backup:
     """A backup folder on the server's machine; start a server on a copy of it to restore."""
 

@@ -95,6 +95,11 @@ def test_any_server_takes_any_call_with_one_gap_free_revision(start_cluster: Sta
                     admin_pb2.GetServerInfoRequest()
                 )
             assert info.revision >= top and info.durable_revision >= top, (proc.address, info)
+        # The SDK's view of the same: every shard owned by exactly one live server.
+        facts = a.server_info()
+        owned = sorted(s for m in facts.cluster_members for s in m.owned_shards)
+        assert facts.store == "postgresql" and owned == list(range(facts.shard_count)), facts
+        assert sum(m.is_self for m in facts.cluster_members) == 1
         assert {n.ref.root_id for n in c.list_nodes("order")} == {f"o-{i}" for i in range(24)}
         # The shards are spread over the three servers.
         owners = {p.address: p.log().count("took shard") for p in procs}

@@ -56,6 +56,7 @@ from statekeeper._types import (
     Savepoint,
     SavepointInfo,
     SaveResult,
+    ServerInfo,
     State,
     Task,
     TaskInput,
@@ -1058,6 +1059,12 @@ class Client:
         return int((await self._call(self._savepoints.DeleteTreeSnapshot, req)).revision)
 
     # -- admin -------------------------------------------------------------------------------
+
+    async def server_info(self) -> ServerInfo:
+        """The server's version, revisions, store, uptime and, in cluster mode, the live servers
+        with the shards each owns (GetServerInfo)."""
+        resp = await self._call(self._admin.GetServerInfo, admin_pb2.GetServerInfoRequest())
+        return _convert.server_info(resp)
 
     async def create_backup(self, name: str = "") -> Backup:
         """An online, consistent backup of the whole store, written on the server's machine under

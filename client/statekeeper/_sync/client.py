@@ -56,6 +56,7 @@ from statekeeper._types import (
     Savepoint,
     SavepointInfo,
     SaveResult,
+    ServerInfo,
     State,
     Task,
     TaskInput,
@@ -1050,6 +1051,12 @@ class SyncClient:
         return int((self._call(self._savepoints.DeleteTreeSnapshot, req)).revision)
 
     # -- admin -------------------------------------------------------------------------------
+
+    def server_info(self) -> ServerInfo:
+        """The server's version, revisions, store, uptime and, in cluster mode, the live servers
+        with the shards each owns (GetServerInfo)."""
+        resp = self._call(self._admin.GetServerInfo, admin_pb2.GetServerInfoRequest())
+        return _convert.server_info(resp)
 
     def create_backup(self, name: str = "") -> Backup:
         """An online, consistent backup of the whole store, written on the server's machine under

@@ -15,6 +15,7 @@
     statekeeper savepoints list|latest RUN               a run's savepoints, or its latest loaded
     statekeeper snapshots create|list|restore|fork|delete    tree snapshots
     statekeeper backup [--name NAME]                     an online backup of the whole store
+    statekeeper info                                     the server's facts; a cluster's servers and shards
     statekeeper completion bash|zsh|tcsh                 a shell completion script
 
 REF is `root/type:id/...` ("/" or "%" inside an id written %2F, %25). Every command that talks
@@ -32,7 +33,7 @@ from collections.abc import Sequence
 
 from statekeeper._errors import ConnectionFailedError, StatekeeperError
 from statekeeper._sync.client import SyncClient
-from statekeeper.cli import events, nodes, runs, tasks, types
+from statekeeper.cli import events, info, nodes, runs, tasks, types
 from statekeeper.cli._common import common_parser, connect
 
 SHELLS = ("bash", "zsh", "tcsh")
@@ -72,6 +73,7 @@ def build_parser(*, with_server_flags: bool = False) -> argparse.ArgumentParser:
     events.register(sub, common)
     tasks.register(sub, common)
     runs.register(sub, common)
+    info.register(sub, common)
     p = sub.add_parser(
         "completion",
         help="print a shell completion script",
