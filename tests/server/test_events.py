@@ -595,10 +595,13 @@ def test_events_stored_before_the_wire_form_are_still_served(fresh_server: Serve
         for key, raw in rows:
             event = WIRE_EVENTS.decode(*keys.seq_key_parts(key), raw)
             batch.put(Keyspace.EVENTS, key, codec.encode_event(event))
+        # ...and the store marked as written before (format 1): it is upgraded in place.
+        batch.put(Keyspace.META, keys.META_FORMAT_VERSION, keys.u64(1))
         store.write(batch, sync=True)
     finally:
         store.close()
     fresh_server.start()
+    assert "store format 1 upgraded to 2" in fresh_server.log()
 
     async def read_again() -> tuple[list[object], ...]:
         async with await sk.Client.connect(fresh_server.address) as c:

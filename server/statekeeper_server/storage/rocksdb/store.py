@@ -29,7 +29,9 @@ from statekeeper_server.storage import keys
 from statekeeper_server.storage.base import GroupWrite, Keyspace, NotCached, StoreError, WriteBatch
 
 # Bump when the on-disk layout changes incompatibly; an older server refuses a newer store.
-FORMAT_VERSION = 1
+# 2: events may be stored in the API's wire form (the app's event codec). A version-1 store
+#    needs no conversion (its msgpack events stay readable): it is marked 2 when opened.
+FORMAT_VERSION = 2
 
 log = logging.getLogger("statekeeper.store")
 
@@ -274,6 +276,13 @@ class RocksStore:
                 f"the store in {self.path} has format version {found}, newer than this server's {FORMAT_VERSION}; "
                 "upgrade statekeeper to open it"
             )
+        if found < FORMAT_VERSION:
+            # Every older format is still read as it is; marking the store stops older
+            # servers from opening it once newer records may be in it.
+            batch = self.new_batch()
+            batch.put(Keyspace.META, keys.META_FORMAT_VERSION, keys.u64(FORMAT_VERSION))
+            self.write(batch, sync=True)
+            log.info("store format %d upgraded to %d in %s", found, FORMAT_VERSION, self.path)
 
     def get(self, keyspace: Keyspace, key: bytes) -> bytes | None:
         value: bytes | None = self._cfs[keyspace].get(key)
