@@ -25,7 +25,7 @@ async def events_before(
     before: Position,
     limit: int,
     scan_limit: int,
-    event_codec: codec.EventCodec = codec.MSGPACK_EVENTS,
+    event_codec: codec.EventCodec,
 ) -> tuple[list[Event], Position | None, int]:
     """Events strictly before `before` (revision, index), newest first, that match flt (and,
     with node_only, concern exactly that node): at most `limit` of them, examining at most

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from statekeeper.v1 import common_pb2
@@ -13,7 +13,7 @@ from statekeeper.v1 import event_pb2 as pb
 from statekeeper_server.core.engine import Engine
 from statekeeper_server.domain.errors import InvalidArgument, OutOfRange
 from statekeeper_server.domain.events import EventFilter
-from statekeeper_server.domain.model import EventKind, NodeAddress
+from statekeeper_server.domain.model import Event, EventKind, NodeAddress
 from statekeeper_server.domain.validation import check_address, check_name, check_page_size
 from statekeeper_server.entrypoints.grpc import convert
 from statekeeper_server.entrypoints.grpc.wire import WIRE_EVENTS, event_pb, event_wire
@@ -148,47 +148,39 @@ class EventServicer:
                 # Build one message a slice at a time, through the stream lane; send it (the
                 # yield returns once the transport took it), then build the next.
                 parts: list[bytes] = []
-                size = before = 0
+                size = 0
                 while len(parts) < batch and size < MAX_STREAM_MESSAGE_BYTES:
                     want = min(SLICE_EVENTS, batch - len(parts))
+                    # Every event is sent: as stored, not decoded and encoded again. With a
+                    # filter each event is decoded to match it (the window holds them decoded).
+                    rows: Sequence[tuple[int, int, bytes | Event]]
                     if everything:
-                        # Every event is sent: as stored, not decoded and encoded again.
                         rows, top = await hub.read_stored_upto(cursor, want)
-                        async with hub.lane.turn():
-                            for revision, index, raw in rows:
-                                part = _message_field(_EVENTS_FIELD, wire(revision, index, raw))
-                                parts.append(part)
-                                size += len(part)
-                                if size >= MAX_STREAM_MESSAGE_BYTES:
-                                    break
-                        done = len(parts) - before
-                        if done:
-                            last = rows[done - 1]
-                            cursor = (last[0], last[1] + 1)
-                        if done == len(rows) < want:
-                            seen = max(seen, top)
-                            break
-                        seen = max(seen, rows[done - 1][0] - 1)
-                        before = len(parts)
-                        continue
-                    events, top = await hub.read_upto(cursor, want)
+                    else:
+                        events, top = await hub.read_upto(cursor, want)
+                        rows = [(e.revision, e.index, e) for e in events]
                     done = 0
                     async with hub.lane.turn():
-                        for e in events:
+                        for revision, index, item in rows:
                             done += 1
-                            cursor = (e.revision, e.index + 1)
-                            if flt.matches(e):
-                                part = _message_field(_EVENTS_FIELD, event_wire(e))
-                                parts.append(part)
-                                size += len(part)
-                                if size >= MAX_STREAM_MESSAGE_BYTES:
-                                    break
-                    if done == len(events) < want:
+                            cursor = (revision, index + 1)
+                            if isinstance(item, bytes):
+                                payload = wire(revision, index, item)
+                            elif flt.matches(item):
+                                payload = event_wire(item)
+                            else:
+                                continue
+                            part = _message_field(_EVENTS_FIELD, payload)
+                            parts.append(part)
+                            size += len(part)
+                            if size >= MAX_STREAM_MESSAGE_BYTES:
+                                break
+                    if done == len(rows) < want:
                         # A short read, all of it taken: every event up to `top` was seen.
                         seen = max(seen, top)
                         break
                     # Stopped at or within a revision: only the ones before it are complete.
-                    seen = max(seen, events[done - 1].revision - 1)
+                    seen = max(seen, cursor[0] - 1)
                 self.watches[watch] = seen
                 if parts:
                     progress = min(seen, hub.durable_revision)

@@ -7,7 +7,8 @@ before this format (msgpack, storage/codec.py) are still read, and sent re-encod
 from __future__ import annotations
 
 from statekeeper.v1 import event_pb2 as pb
-from statekeeper_server.domain.model import Event, EventKind, NodeAddress
+from statekeeper_server.domain.model import Event, EventKind
+from statekeeper_server.entrypoints.grpc import convert
 from statekeeper_server.storage import codec
 
 _KINDS = {int(k): k for k in EventKind}
@@ -27,14 +28,8 @@ def event_pb(e: Event) -> pb.Event:
         task_id=e.task_id,
         detail=e.detail,
     )
-    a = e.address
-    if a is not None:
-        node = m.node  # filled in place: cheaper than building a NodeRef and copying it in
-        node.root_id = a.root_id
-        if a.path:
-            add = node.path.add
-            for t, i in a.path:
-                add(type=t, id=i)
+    if e.address is not None:
+        convert.fill_ref(m.node, e.address)  # in place: cheaper than building a NodeRef to copy in
     return m
 
 
@@ -46,19 +41,14 @@ class WireEvents:
 
     def decode(self, revision: int, index: int, raw: bytes) -> Event:
         if raw[:1] == _MSGPACK:
-            event = codec.decode_event(revision, index, raw)
-            return event
+            return codec.decode_event(revision, index, raw)
         m = pb.Event.FromString(raw)
-        address = None
-        if m.HasField("node"):
-            node = m.node
-            address = NodeAddress(node.root_id, tuple([(k.type, k.id) for k in node.path]))
         return Event(
             revision,
             index,
             _KINDS[m.kind],
             m.time_ms,
-            address,
+            convert.address(m.node) if m.HasField("node") else None,
             m.machine_type,
             m.from_state,
             m.to_state,
