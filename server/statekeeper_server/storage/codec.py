@@ -180,7 +180,9 @@ def encode_event(e: Event) -> bytes:
 def decode_event(revision: int, index: int, raw: bytes) -> Event:
     f = _unpackb(raw)
     address = _address(f[3], f[4]) if f[3] is not None else None
-    return Event(revision, index, EventKind(f[1]), f[2], address, f[5], f[6], f[7], f[8], f[9], f[10], f[11], raw)
+    return Event(
+        revision, index, EventKind(f[1]), f[2], address, f[5], f[6], f[7], f[8], f[9], f[10], f[11], raw
+    )
 
 
 MSGPACK_EVENT = 0x9C
