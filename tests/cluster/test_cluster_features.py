@@ -56,3 +56,28 @@ def test_a_tree_snapshot_restores_and_forks_into_another_shard(start_cluster: St
     finally:
         for client in (a, b, c):
             client.close()
+
+
+def test_a_batch_of_many_nodes_not_in_memory_commits_after_a_restart(start_cluster: StartCluster) -> None:
+    """A restarted server holds none of the nodes in memory: a batch touching 120 of them loads
+    them together (before: one load and one rebuild per node, refused after 50)."""
+    (proc,) = start_cluster(1)
+    children = [f"i{i}" for i in range(120)]
+    with sk.SyncClient.connect(proc.address) as c:
+        c.register_machine_type(ORDER)
+        c.register_machine_type(ITEM)
+        c.create_root("order", "big")
+        for lo in range(0, len(children), 40):
+            batch = sk.Batch()
+            for child in children[lo : lo + 40]:
+                batch.add_child("big", "item", child)
+            c.execute(batch)
+    proc.restart()
+    with sk.SyncClient.connect(proc.address, timeout=30) as c:
+        batch = sk.Batch()
+        for child in children:
+            batch.transition(f"big/item:{child}", "pack")
+        batch.transition("big", "pay")
+        c.execute(batch)
+        assert {n.state for n in c.list_children("big", "item")} == {"packed"}
+        assert c.get_node("big").state == "paid"

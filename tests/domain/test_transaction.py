@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 
@@ -63,6 +63,9 @@ class MemoryView:
 
     def get_node(self, address: NodeAddress) -> NodeRecord | None:
         return self.nodes.get(address)
+
+    def get_nodes(self, addresses: Sequence[NodeAddress]) -> list[NodeRecord | None]:
+        return [self.nodes.get(a) for a in addresses]
 
     def get_machine_type(self, name: str, version: int) -> MachineType | None:
         if not version:

@@ -4,7 +4,7 @@ durable view: everything a client is answered from, guarantee 2)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from statekeeper_server.core.catalog import TypeCatalog
 from statekeeper_server.core.pending import PendingOverlay
@@ -29,6 +29,24 @@ class WriteView:
             return entry[0]
         raw = self._store.get(Keyspace.NODES, key)
         return codec.decode_node(raw) if raw is not None else None
+
+    def get_nodes(self, addresses: Sequence[NodeAddress]) -> list[NodeRecord | None]:
+        pending = self._pending.nodes
+        found: list[NodeRecord | None] = []
+        missing: list[tuple[int, bytes]] = []
+        for i, address in enumerate(addresses):
+            key = keys.node_key(address)
+            entry = pending.get(key)
+            if entry is None:
+                missing.append((i, key))
+            found.append(entry[0] if entry is not None else None)
+        if missing:
+            raws = self._store.get_many(Keyspace.NODES, [key for _, key in missing])
+            decode = codec.decode_node
+            for (i, _), raw in zip(missing, raws, strict=True):
+                if raw is not None:
+                    found[i] = decode(raw)
+        return found
 
     def get_machine_type(self, name: str, version: int) -> MachineType | None:
         pending = self._pending.types

@@ -45,6 +45,10 @@ class StateView(Protocol):
 
     def get_node(self, address: NodeAddress) -> NodeRecord | None: ...
 
+    def get_nodes(self, addresses: Sequence[NodeAddress]) -> list[NodeRecord | None]:
+        """get_node of each address, in one read of the store."""
+        ...
+
     def get_machine_type(self, name: str, version: int) -> MachineType | None:
         """version 0 means the latest version."""
         ...
@@ -96,13 +100,27 @@ class Transaction:
         # What each written node was before this transaction (for index maintenance); a missing
         # entry means "not read here": look it up in the view.
         self.before: dict[NodeAddress, NodeRecord | None] = {}
+        # Nodes read from the view (it does not change while a transaction is built).
+        self._read: dict[NodeAddress, NodeRecord | None] = {}
 
     # -- reads -------------------------------------------------------------------------------
 
     def get(self, address: NodeAddress) -> NodeRecord | None:
         if address in self.nodes:
             return self.nodes[address]
-        return self.view.get_node(address)
+        read = self._read
+        if address in read:
+            return read[address]
+        record = read[address] = self.view.get_node(address)
+        return record
+
+    def read_ahead(self, addresses: Sequence[NodeAddress]) -> None:
+        """Read these nodes now, in one read of the view (the nodes a batch's operations use):
+        one store call instead of one per operation."""
+        read, nodes = self._read, self.nodes
+        wanted = [a for a in dict.fromkeys(addresses) if a not in read and a not in nodes]
+        if wanted:
+            read.update(zip(wanted, self.view.get_nodes(wanted), strict=True))
 
     def _put(self, address: NodeAddress, record: NodeRecord | None, before: NodeRecord | None) -> None:
         if address not in self.nodes:

@@ -127,6 +127,10 @@ class Store(Protocol):
         """Live state, for builds only; may raise NotCached (cluster mode)."""
         ...
 
+    def get_many(self, keyspace: Keyspace, keys: list[bytes]) -> list[bytes | None]:
+        """get of each key (one multi-get where the store has it); may raise NotCached."""
+        ...
+
     def scan(
         self, keyspace: Keyspace, start: bytes = b"", end: bytes | None = None, *, reverse: bool = False
     ) -> Iterator[tuple[bytes, bytes]]:
@@ -186,14 +190,23 @@ class BackupNotSupported(StoreError):
 
 class NotCached(Exception):
     """A build read something the store does not hold in memory (cluster mode): the committer
-    loads it (fault_in) and runs the build again. `end` None: the single key `start`."""
+    loads it (fault_in) and runs the build again. `end` None: the single key `start`, and the
+    keys `more` (a multi-get's misses, loaded together)."""
 
-    def __init__(self, shard: int, keyspace: Keyspace, start: bytes, end: bytes | None = None) -> None:
+    def __init__(
+        self,
+        shard: int,
+        keyspace: Keyspace,
+        start: bytes,
+        end: bytes | None = None,
+        more: list[bytes] | None = None,
+    ) -> None:
         super().__init__(f"{keyspace.value} {start!r}..{end!r} of shard {shard} is not in memory")
         self.shard = shard
         self.keyspace = keyspace
         self.start = start
         self.end = end
+        self.more: list[bytes] = more or []
         self.token: object = None  # the write whose build missed it (set by the committer)
 
 

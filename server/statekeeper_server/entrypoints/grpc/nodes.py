@@ -11,6 +11,7 @@ from google.protobuf.message import Message
 from statekeeper.v1 import node_pb2 as pb
 from statekeeper_server.core.engine import Engine, ResponseCodec
 from statekeeper_server.domain.errors import BatchOperationFailed, DomainError, InvalidArgument, NotFound
+from statekeeper_server.domain.model import NodeAddress
 from statekeeper_server.domain.transaction import DeleteOutcome, NodeSnapshot, Transaction, TransitionOutcome
 from statekeeper_server.domain.validation import check_address, check_name, check_page_size, check_request_id
 from statekeeper_server.entrypoints.grpc import convert
@@ -42,9 +43,23 @@ _CODECS: dict[type[Any], ResponseCodec[Any]] = {
 }
 
 
-# Each operation is a pair: apply it to a transaction, and fill its (empty) response message
-# from the outcome. Responses are filled in place: in a batch, straight into the result list.
-def _create_root(txn: Transaction, r: pb.CreateRootRequest) -> NodeSnapshot:
+# Each operation is three functions: the node it reads first (read ahead for a whole batch in
+# one multi-get), apply it to a transaction given that node, and fill its (empty) response
+# message from the outcome. Responses are filled in place: in a batch, straight into the result
+# list.
+def _no_target(r: Any) -> None:
+    return None
+
+
+def _node_target(r: pb.ApplyTransitionRequest | pb.DeleteNodeRequest) -> NodeAddress:
+    return convert.address(r.node)
+
+
+def _parent_target(r: pb.AddChildRequest) -> NodeAddress:
+    return convert.address(r.parent)
+
+
+def _create_root(txn: Transaction, r: pb.CreateRootRequest, _: None) -> NodeSnapshot:
     return txn.create_root(r.type, r.id, r.data.value, r.data.content_type, r.type_version)
 
 
@@ -59,12 +74,10 @@ def _create_root_response(s: NodeSnapshot, revision: int) -> pb.CreateRootRespon
     return out
 
 
-def _add_child(txn: Transaction, r: pb.AddChildRequest) -> NodeSnapshot:
+def _add_child(txn: Transaction, r: pb.AddChildRequest, parent: NodeAddress) -> NodeSnapshot:
     if not r.HasField("key"):
         raise InvalidArgument("FIELD_REQUIRED", "key must be set", field="key")
-    return txn.add_child(
-        convert.address(r.parent), (r.key.type, r.key.id), r.data.value, r.data.content_type, r.type_version
-    )
+    return txn.add_child(parent, (r.key.type, r.key.id), r.data.value, r.data.content_type, r.type_version)
 
 
 def _add_child_response(s: NodeSnapshot, revision: int) -> pb.AddChildResponse:
@@ -73,10 +86,10 @@ def _add_child_response(s: NodeSnapshot, revision: int) -> pb.AddChildResponse:
     return out
 
 
-def _apply_transition(txn: Transaction, r: pb.ApplyTransitionRequest) -> TransitionOutcome:
+def _apply_transition(txn: Transaction, r: pb.ApplyTransitionRequest, node: NodeAddress) -> TransitionOutcome:
     data = r.data if r.HasField("data") else None
     return txn.apply_transition(
-        convert.address(r.node),
+        node,
         r.transition,
         data.value if data is not None else None,
         data.content_type if data is not None else "",
@@ -99,8 +112,8 @@ def _transition_response(o: TransitionOutcome, revision: int) -> pb.ApplyTransit
     return out
 
 
-def _delete_node(txn: Transaction, r: pb.DeleteNodeRequest) -> DeleteOutcome:
-    return txn.delete(convert.address(r.node))
+def _delete_node(txn: Transaction, r: pb.DeleteNodeRequest, node: NodeAddress) -> DeleteOutcome:
+    return txn.delete(node)
 
 
 def _fill_delete(out: pb.DeleteNodeResponse, o: DeleteOutcome, revision: int) -> None:
@@ -114,11 +127,13 @@ def _delete_response(o: DeleteOutcome, revision: int) -> pb.DeleteNodeResponse:
     return out
 
 
-_BATCH_OPS: dict[str, tuple[Callable[[Transaction, Any], Any], Callable[[Any, Any, int], None]]] = {
-    "create_root": (_create_root, _fill_created),
-    "add_child": (_add_child, _fill_created),
-    "apply_transition": (_apply_transition, _fill_transition),
-    "delete_node": (_delete_node, _fill_delete),
+Apply = Callable[[Transaction, Any, Any], Any]
+
+_BATCH_OPS: dict[str, tuple[Callable[[Any], NodeAddress | None], Apply, Callable[[Any, Any, int], None]]] = {
+    "create_root": (_no_target, _create_root, _fill_created),
+    "add_child": (_parent_target, _add_child, _fill_created),
+    "apply_transition": (_node_target, _apply_transition, _fill_transition),
+    "delete_node": (_node_target, _delete_node, _fill_delete),
 }
 
 
@@ -131,7 +146,7 @@ class NodeServicer:
         self,
         method: str,
         request: Any,
-        apply: Callable[[Transaction, Any], Any],
+        apply: Callable[[Transaction], Any],
         respond: Callable[[Any, int], M],
         response_cls: type[M],
         weight: int = 1,
@@ -140,7 +155,7 @@ class NodeServicer:
         if request_id:
             check_request_id(request_id, self.limits)
         return await self.engine.submit(
-            lambda txn: apply(txn, request),
+            apply,
             respond,
             request_id=request_id,
             fingerprint=fingerprint(method, request) if request_id else b"",
@@ -150,21 +165,44 @@ class NodeServicer:
 
     async def CreateRoot(self, request: pb.CreateRootRequest, context: Context) -> pb.CreateRootResponse:
         return await self._write(
-            "CreateRoot", request, _create_root, _create_root_response, pb.CreateRootResponse
+            "CreateRoot",
+            request,
+            lambda txn: _create_root(txn, request, None),
+            _create_root_response,
+            pb.CreateRootResponse,
         )
 
     async def AddChild(self, request: pb.AddChildRequest, context: Context) -> pb.AddChildResponse:
-        return await self._write("AddChild", request, _add_child, _add_child_response, pb.AddChildResponse)
+        parent = _parent_target(request)
+        return await self._write(
+            "AddChild",
+            request,
+            lambda txn: _add_child(txn, request, parent),
+            _add_child_response,
+            pb.AddChildResponse,
+        )
 
     async def ApplyTransition(
         self, request: pb.ApplyTransitionRequest, context: Context
     ) -> pb.ApplyTransitionResponse:
+        node = _node_target(request)
         return await self._write(
-            "ApplyTransition", request, _apply_transition, _transition_response, pb.ApplyTransitionResponse
+            "ApplyTransition",
+            request,
+            lambda txn: _apply_transition(txn, request, node),
+            _transition_response,
+            pb.ApplyTransitionResponse,
         )
 
     async def DeleteNode(self, request: pb.DeleteNodeRequest, context: Context) -> pb.DeleteNodeResponse:
-        return await self._write("DeleteNode", request, _delete_node, _delete_response, pb.DeleteNodeResponse)
+        node = _node_target(request)
+        return await self._write(
+            "DeleteNode",
+            request,
+            lambda txn: _delete_node(txn, request, node),
+            _delete_response,
+            pb.DeleteNodeResponse,
+        )
 
     async def ExecuteBatch(
         self, request: pb.ExecuteBatchRequest, context: Context
@@ -186,14 +224,17 @@ class NodeServicer:
                 raise BatchOperationFailed(
                     i, InvalidArgument("FIELD_REQUIRED", "the operation is empty", field=f"operations[{i}]")
                 )
-            steps.append((which, getattr(op, which)))
+            operation = getattr(op, which)
+            steps.append((which, operation, _BATCH_OPS[which][0](operation)))
+        targets = [target for _, _, target in steps if target is not None]
 
-        def apply(txn: Transaction, _: Any) -> list[tuple[str, Any]]:
+        def apply(txn: Transaction) -> list[tuple[str, Any]]:
+            txn.read_ahead(targets)
             outcomes: list[tuple[str, Any]] = []
             append = outcomes.append
-            for i, (which, op) in enumerate(steps):
+            for i, (which, op, target) in enumerate(steps):
                 try:
-                    append((which, _BATCH_OPS[which][0](txn, op)))
+                    append((which, _BATCH_OPS[which][1](txn, op, target)))
                 except DomainError as e:
                     raise BatchOperationFailed(i, e) from e
             return outcomes
@@ -204,7 +245,7 @@ class NodeServicer:
             for which, outcome in outcomes:
                 result = getattr(add(), which)
                 result.SetInParent()
-                _BATCH_OPS[which][1](result, outcome, revision)
+                _BATCH_OPS[which][2](result, outcome, revision)
             return response
 
         return await self._write(

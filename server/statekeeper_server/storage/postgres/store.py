@@ -100,6 +100,7 @@ class _Load:
     keyspace: Keyspace
     start: bytes
     end: bytes | None
+    more: frozenset[bytes] = frozenset()  # with end None: further single keys
     spoiled: bool = False  # housekeeping deleted a row of it meanwhile: keep nothing, load again
 
     def spoil(self, shard: int, deleted: list[tuple[Keyspace, bytes]]) -> None:
@@ -107,7 +108,7 @@ class _Load:
             return
         for ks, key in deleted:
             if ks is self.keyspace and (
-                key == self.start
+                (key == self.start or key in self.more)
                 if self.end is None
                 else self.start <= key and (not self.end or key < self.end)
             ):
@@ -483,6 +484,21 @@ class PgStore:
                 return None
         raise NotCached(shard, keyspace, key)
 
+    def get_many(self, keyspace: Keyspace, keys_: list[bytes]) -> list[bytes | None]:
+        """get of each key; the keys not in memory are reported together (one load, one rebuild)."""
+        found: list[bytes | None] = []
+        missing: list[bytes] = []
+        for key in keys_:
+            try:
+                found.append(self.get(keyspace, key))
+            except NotCached as e:
+                if keyspace is Keyspace.TYPES or keyspace is Keyspace.META:
+                    raise
+                missing.append(e.start)
+        if missing:
+            raise NotCached(self.build_shard, keyspace, missing[0], None, missing[1:])
+        return found
+
     def scan(
         self, keyspace: Keyspace, start: bytes = b"", end: bytes | None = None, *, reverse: bool = False
     ) -> Iterator[tuple[bytes, bytes]]:
@@ -523,7 +539,7 @@ class PgStore:
 
     async def fault_in(self, missing: NotCached) -> None:
         ks, start, end = missing.keyspace, missing.start, missing.end
-        load = _Load(missing.shard, ks, start, end)
+        load = _Load(missing.shard, ks, start, end, frozenset(missing.more))
         self._loads.append(load)
         try:
             async with self.pool.acquire() as conn:
@@ -556,15 +572,19 @@ class PgStore:
                     return
                 shard = missing.shard
                 if end is None:
-                    value = await conn.fetchval(
-                        "SELECT value FROM statekeeper_kv WHERE ks = $1 AND shard = $2 AND key = $3",
+                    wanted = [start, *missing.more]
+                    found = await conn.fetch(
+                        "SELECT key, value FROM statekeeper_kv WHERE ks = $1 AND shard = $2 AND key = ANY($3::bytea[])",
                         KS[ks],
                         shard,
-                        start,
+                        wanted,
                     )
-                    k = (shard, ks, start)
-                    if k not in self._cache and shard in self.owned and not load.spoiled:
-                        self._cache[k] = bytes(value) if value is not None else None
+                    if shard in self.owned and not load.spoiled:
+                        values = {bytes(r[0]): bytes(r[1]) for r in found}
+                        for key in wanted:
+                            k = (shard, ks, key)
+                            if k not in self._cache:  # memory is never older than the database
+                                self._cache[k] = values.get(key)
                     return
                 rows = await conn.fetch(
                     "SELECT key, value FROM statekeeper_kv WHERE ks = $1 AND shard = $2 AND key >= $3"

@@ -288,6 +288,10 @@ class RocksStore:
         value: bytes | None = self._cfs[keyspace].get(key)
         return value
 
+    def get_many(self, keyspace: Keyspace, keys_: list[bytes]) -> list[bytes | None]:
+        values: list[bytes | None] = self._cfs[keyspace].get(keys_)  # type: ignore[arg-type,assignment]  # a list: RocksDB's MultiGet
+        return values
+
     def scan(
         self, keyspace: Keyspace, start: bytes = b"", end: bytes | None = None, *, reverse: bool = False
     ) -> Iterator[tuple[bytes, bytes]]:
