@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from statekeeper_server.core.pending import Mutation as Mutation  # re-exported for the features
 from statekeeper_server.domain.errors import DomainError, Unavailable
 from statekeeper_server.domain.model import Event, MachineType
 from statekeeper_server.storage import keys
@@ -51,8 +52,6 @@ from statekeeper_server.storage.base import (
 )
 
 log = logging.getLogger("statekeeper.commit")
-
-Mutation = tuple[Keyspace, bytes, bytes | None]
 
 WAKE_WEIGHT = 64
 """Queued operations that wake the committer to build while a sync is in flight."""
@@ -114,6 +113,16 @@ class Intent:
         self.error: BaseException | None = None
         self.replayed = False  # answered from a request_id record (maybe of an unsynced group)
         self.faults = 0
+
+
+def _spent(revision: int) -> tuple[PendingCommit | None, Any]:
+    raise AssertionError("an answered intent is not built again")
+
+
+def _let_go(intent: Intent) -> None:
+    """Drop an answered intent's build: it usually refers back to the intent (a cycle), which
+    would keep the whole request and its outcome alive until a garbage collection."""
+    intent.build = _spent
 
 
 class InjectedFault(Exception):
@@ -424,6 +433,7 @@ class Committer:
                     )
                 )
                 intent.future.exception()
+                _let_go(intent)
             self._on_store_trouble()
 
     def _failpoint(self, name: str, action: str) -> bool:
@@ -590,6 +600,7 @@ class Committer:
         if not intent.future.done():
             intent.future.set_exception(error)
             intent.future.exception()  # retrieved: a caller that went away must not warn
+        _let_go(intent)
 
     @classmethod
     def _resolve_one(cls, intent: Intent) -> None:
@@ -600,6 +611,7 @@ class Committer:
             cls._set_error(intent, intent.error)
         else:
             future.set_result(intent.answer)
+            _let_go(intent)
 
     @classmethod
     def _resolve(cls, group: _Group) -> None:

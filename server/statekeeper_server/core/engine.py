@@ -208,7 +208,7 @@ class Engine:
         resolves once the write is durable."""
 
         def run(revision: int) -> tuple[PendingCommit | None, None]:
-            raw = self.pending.raw
+            raw = self.pending.writes()
             for keyspace, key, value in mutations:
                 raw[(keyspace, key)] = (value, 0)
             return PendingCommit(0, list(mutations), [], []), None
@@ -263,7 +263,7 @@ class Commit:
         local = self._local
         if (keyspace, key) in local:
             return local[(keyspace, key)]
-        entry = self.engine.pending.raw.get((keyspace, key))
+        entry = self.engine.pending.writes().get((keyspace, key))
         if entry is not None:
             return entry[0]
         return self.engine.store.get(keyspace, key)
@@ -272,7 +272,7 @@ class Commit:
         """The pairs with start <= key < end, in key order, as this commit sees them (the store,
         the group's earlier commits, this commit's own writes)."""
         merged: dict[bytes, bytes | None] = dict(self.engine.store.scan(keyspace, start, end))
-        for (ks, key), (value, _) in self.engine.pending.raw.items():
+        for (ks, key), (value, _) in self.engine.pending.writes().items():
             if ks is keyspace and start <= key < end:
                 merged[key] = value
         for (ks, key), value in self._local.items():
@@ -330,7 +330,5 @@ class Commit:
             event.encoded = encoded = encode(event)
             mutations.append((Keyspace.EVENTS, keys.seq_key(revision, event.index), encoded))
         # Every key written is visible to the later commits of the group (get and scan).
-        raw = engine.pending.raw
-        for keyspace, key, value in mutations:
-            raw[(keyspace, key)] = (value, revision)
+        engine.pending.add_sealed(mutations, revision)
         return PendingCommit(revision, mutations, node_keys, new_types, raw_keys, self.events)

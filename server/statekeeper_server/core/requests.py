@@ -73,13 +73,13 @@ class RequestLog:
         sealed.mutations.append((Keyspace.REQUESTS, key, value))
         sealed.mutations.append((Keyspace.REQUEST_EXPIRY, keys.expiry_key(expires, request_id), b""))
         # A retry built later in the same group finds the first outcome here.
-        self._pending.raw[(Keyspace.REQUESTS, key)] = (value, sealed.revision)
+        self._pending.writes()[(Keyspace.REQUESTS, key)] = (value, sealed.revision)
 
     def replay(self, request_id: str, fingerprint: bytes) -> bytes | None:
         """The first outcome of request_id, from the group being built or the store (which holds
         every group written so far; the answer waits until this group is durable)."""
         key = request_id.encode()
-        entry = self._pending.raw.get((Keyspace.REQUESTS, key))
+        entry = self._pending.writes().get((Keyspace.REQUESTS, key))
         raw = entry[0] if entry is not None else self._store.get(Keyspace.REQUESTS, key)
         if raw is None:
             return None

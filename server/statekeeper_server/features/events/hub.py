@@ -42,8 +42,10 @@ class EventHub:
         self.codec = event_codec
         self.durable_revision = durable_revision
         self._window = window
-        self._events: list[Event] = []
-        self._positions: list[Position] = []
+        # The window holds events as stored: plain tuples of numbers and bytes, which the
+        # garbage collector stops tracking (tens of thousands of Event objects made every
+        # collection of the old generation walk them: pauses of over 100 ms under load).
+        self._stored: list[StoredEvent] = []
         self._waiter: asyncio.Future[None] | None = None
         self.lane = StreamLane()
         raw = store.get(Keyspace.META, META_COMPACTED)
@@ -65,14 +67,12 @@ class EventHub:
     def feed(self, new: list[Event], top: int) -> None:
         """Events of every revision up to top, in order, following those fed before (cluster
         mode: read from the shared store by cluster/events.py, whichever server committed)."""
-        events, positions = self._events, self._positions
-        for e in new:
-            events.append(e)
-            positions.append((e.revision, e.index))
+        stored = self._stored
+        encode = self.codec.encode
+        stored.extend([(e.revision, e.index, e.encoded or encode(e)) for e in new])
         self.durable_revision = max(self.durable_revision, top)
-        if len(events) > 2 * self._window:
-            del events[: len(events) - self._window]
-            del positions[: len(positions) - self._window]
+        if len(stored) > 2 * self._window:
+            del stored[: len(stored) - self._window]
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -81,8 +81,7 @@ class EventHub:
         """Forget the events held in memory (cluster mode: this server's reader fell behind a
         compaction and missed events, so the window would hide a gap; readers go to the store,
         which refuses what was compacted)."""
-        self._events.clear()
-        self._positions.clear()
+        self._stored.clear()
 
     # -- used by readers ---------------------------------------------------------------------
 
@@ -115,23 +114,19 @@ class EventHub:
     async def read_upto(self, start: Position, limit: int) -> tuple[list[Event], int]:
         """Up to limit durable events at or after start, in order, and the durable revision the
         read went up to: fewer than limit events means every event up to it was read."""
-        positions = self._positions
-        top = self.durable_revision
-        if positions and start >= positions[0]:
-            i = bisect.bisect_left(positions, start)
-            return self._events[i : i + limit], top
+        rows, top = await self.read_stored_upto(start, limit)
         decode = self.codec.decode
-        rows, top = await self._read_stored(start, limit, top)
         return [decode(revision, index, raw) for revision, index, raw in rows], top
 
     async def read_stored_upto(self, start: Position, limit: int) -> tuple[list[StoredEvent], int]:
         """As read_upto, as stored: (revision, index, the stored bytes), not decoded. A reader
         that takes every event sends these as they are (see EventCodec)."""
-        positions = self._positions
+        stored = self._stored
         top = self.durable_revision
-        if positions and start >= positions[0]:
-            i = bisect.bisect_left(positions, start)
-            return [(e.revision, e.index, e.encoded) for e in self._events[i : i + limit]], top
+        if stored and start >= stored[0][:2]:
+            # (revision, index) sorts before the stored (revision, index, bytes) it names.
+            i = bisect.bisect_left(stored, start)
+            return stored[i : i + limit], top
         return await self._read_stored(start, limit, top)
 
     async def _read_stored(self, start: Position, limit: int, top: int) -> tuple[list[StoredEvent], int]:
