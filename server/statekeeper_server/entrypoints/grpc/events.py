@@ -152,15 +152,15 @@ class EventServicer:
                 while len(parts) < batch and size < MAX_STREAM_MESSAGE_BYTES:
                     want = min(SLICE_EVENTS, batch - len(parts))
                     # Every event is sent: as stored, not decoded and encoded again. With a
-                    # filter each event is decoded to match it (the window holds them decoded).
+                    # filter each event is decoded to match it. Read and built in one turn.
                     rows: Sequence[tuple[int, int, bytes | Event]]
-                    if everything:
-                        rows, top = await hub.read_stored_upto(cursor, want)
-                    else:
-                        events, top = await hub.read_upto(cursor, want)
-                        rows = [(e.revision, e.index, e) for e in events]
                     done = 0
                     async with hub.lane.turn():
+                        if everything:
+                            rows, top = await hub.read_stored_upto(cursor, want, in_turn=True)
+                        else:
+                            events, top = await hub.read_upto(cursor, want, in_turn=True)
+                            rows = [(e.revision, e.index, e) for e in events]
                         for revision, index, item in rows:
                             done += 1
                             cursor = (revision, index + 1)

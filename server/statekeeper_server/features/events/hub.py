@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import logging
 import time
 
@@ -111,14 +112,27 @@ class EventHub:
         events, _ = await self.read_upto(start, limit)
         return events
 
-    async def read_upto(self, start: Position, limit: int) -> tuple[list[Event], int]:
+    async def read_upto(
+        self, start: Position, limit: int, *, in_turn: bool = False
+    ) -> tuple[list[Event], int]:
         """Up to limit durable events at or after start, in order, and the durable revision the
-        read went up to: fewer than limit events means every event up to it was read."""
-        rows, top = await self.read_stored_upto(start, limit)
-        decode = self.codec.decode
-        return [decode(revision, index, raw) for revision, index, raw in rows], top
+        read went up to: fewer than limit events means every event up to it was read.
 
-    async def read_stored_upto(self, start: Position, limit: int) -> tuple[list[StoredEvent], int]:
+        in_turn: the caller holds a turn of the lane (and asks for at most SLICE_EVENTS): the
+        read does its work in that turn instead of taking turns of its own."""
+        rows, top = await self.read_stored_upto(start, limit, in_turn=in_turn)
+        decode = self.codec.decode
+        if in_turn or len(rows) <= SLICE_EVENTS:
+            return [decode(revision, index, raw) for revision, index, raw in rows], top
+        events: list[Event] = []
+        for i in range(0, len(rows), SLICE_EVENTS):
+            async with self.lane.turn():
+                events.extend([decode(r, x, raw) for r, x, raw in rows[i : i + SLICE_EVENTS]])
+        return events, top
+
+    async def read_stored_upto(
+        self, start: Position, limit: int, *, in_turn: bool = False
+    ) -> tuple[list[StoredEvent], int]:
         """As read_upto, as stored: (revision, index, the stored bytes), not decoded. A reader
         that takes every event sends these as they are (see EventCodec)."""
         stored = self._stored
@@ -127,9 +141,11 @@ class EventHub:
             # (revision, index) sorts before the stored (revision, index, bytes) it names.
             i = bisect.bisect_left(stored, start)
             return stored[i : i + limit], top
-        return await self._read_stored(start, limit, top)
+        return await self._read_stored(start, limit, top, in_turn)
 
-    async def _read_stored(self, start: Position, limit: int, top: int) -> tuple[list[StoredEvent], int]:
+    async def _read_stored(
+        self, start: Position, limit: int, top: int, in_turn: bool
+    ) -> tuple[list[StoredEvent], int]:
         if start[0] < self.oldest_revision:
             self.check_start(start[0])
         # One view for the whole read (taken with `top`, no await between): every slice comes
@@ -137,13 +153,13 @@ class EventHub:
         view = self._store.durable()
         end = keys.seq_key(top + 1, 0)
         seek = keys.seq_key(*start)
-        parts = keys.seq_key_parts
+        unpack = keys.seq_key_unpack
         out: list[StoredEvent] = []
         while len(out) < limit:
             want = min(SLICE_EVENTS, limit - len(out))
-            async with self.lane.turn():
+            async with contextlib.nullcontext() if in_turn else self.lane.turn():
                 found = await view.scan(Keyspace.EVENTS, seek, end, limit=want)
-                out.extend([(*parts(key), raw) for key, raw in found])
+                out.extend([(*unpack(key), raw) for key, raw in found])
             if len(found) < want:
                 break
             seek = found[-1][0] + b"\x00"
