@@ -136,6 +136,7 @@ def test_logs_carry_the_request_id(observed: tuple[ServerProcess, str]) -> None:
     assert (error["level"], error["code"], error["reason"]) == ("info", "NOT_FOUND", "NODE_NOT_FOUND")
     generated = [r for r in records if r.get("method", "").endswith("RegisterMachineType")]
     assert generated and all(len(r["request_id"]) == 16 for r in generated)
+    assert len({r["request_id"] for r in generated}) == len(generated)  # one per call
 
 
 def test_gauges_for_other_parts_take_numbers_or_functions() -> None:

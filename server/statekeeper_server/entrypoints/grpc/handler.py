@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import secrets
 import time
@@ -185,7 +186,13 @@ def _request_id(request: Any, context: grpc.aio.ServicerContext[Any, Any], has_f
         if key == REQUEST_ID_HEADER and value:
             text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
             return text[:_MAX_REQUEST_ID]
-    return secrets.token_hex(8)
+    return f"{_ID_PREFIX}{next(_id_counter) & 0xFFFFFFFF:08x}"
+
+
+# Ids for calls that bring none (logs and traces only): a random prefix per process and a
+# counter, not os.urandom per call (a system call on every call of the hot path).
+_ID_PREFIX = secrets.token_hex(4)
+_id_counter = itertools.count(1)
 
 
 _SERVER_SIDE_CODES = frozenset({"UNAVAILABLE", "INTERNAL", "UNKNOWN", "DATA_LOSS"})
