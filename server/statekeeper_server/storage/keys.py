@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import struct
+from collections.abc import Callable
 
 from statekeeper_server.domain.model import NodeAddress
 
@@ -68,13 +69,8 @@ def seq_key(revision: int, index: int) -> bytes:
     return _U64_U32.pack(revision, index)
 
 
-def seq_key_parts(key: bytes) -> tuple[int, int]:
-    revision, index = _U64_U32.unpack(key)
-    return int(revision), int(index)
-
-
-seq_key_unpack = _U64_U32.unpack
-"""seq_key_parts without a call of ours in between (for loops over many keys)."""
+seq_key_parts: Callable[[bytes], tuple[int, int]] = _U64_U32.unpack
+"""(revision, index) of a seq_key (the struct's own unpack: no call of ours per key)."""
 
 
 def task_key(task_id: str) -> bytes | None:

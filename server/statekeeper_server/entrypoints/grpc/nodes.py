@@ -46,7 +46,7 @@ _CODECS: dict[type[Any], ResponseCodec[Any]] = {
 # Each operation is three functions: the node it reads first (read ahead for a whole batch in
 # one multi-get), apply it to a transaction given that node, and fill its (empty) response
 # message from the outcome. Responses are filled in place: in a batch, straight into the result
-# list.
+# list. A unary write is the same operation alone (NodeServicer._operation).
 def _no_target(r: Any) -> None:
     return None
 
@@ -68,22 +68,10 @@ def _fill_created(out: Any, s: NodeSnapshot, revision: int) -> None:
     out.revision = revision
 
 
-def _create_root_response(s: NodeSnapshot, revision: int) -> pb.CreateRootResponse:
-    out = pb.CreateRootResponse()
-    _fill_created(out, s, revision)
-    return out
-
-
 def _add_child(txn: Transaction, r: pb.AddChildRequest, parent: NodeAddress) -> NodeSnapshot:
     if not r.HasField("key"):
         raise InvalidArgument("FIELD_REQUIRED", "key must be set", field="key")
     return txn.add_child(parent, (r.key.type, r.key.id), r.data.value, r.data.content_type, r.type_version)
-
-
-def _add_child_response(s: NodeSnapshot, revision: int) -> pb.AddChildResponse:
-    out = pb.AddChildResponse()
-    _fill_created(out, s, revision)
-    return out
 
 
 def _apply_transition(txn: Transaction, r: pb.ApplyTransitionRequest, node: NodeAddress) -> TransitionOutcome:
@@ -106,12 +94,6 @@ def _fill_transition(out: pb.ApplyTransitionResponse, o: TransitionOutcome, revi
         out.tasks.extend([convert.task(t) for t in o.tasks])
 
 
-def _transition_response(o: TransitionOutcome, revision: int) -> pb.ApplyTransitionResponse:
-    out = pb.ApplyTransitionResponse()
-    _fill_transition(out, o, revision)
-    return out
-
-
 def _delete_node(txn: Transaction, r: pb.DeleteNodeRequest, node: NodeAddress) -> DeleteOutcome:
     return txn.delete(node)
 
@@ -119,12 +101,6 @@ def _delete_node(txn: Transaction, r: pb.DeleteNodeRequest, node: NodeAddress) -
 def _fill_delete(out: pb.DeleteNodeResponse, o: DeleteOutcome, revision: int) -> None:
     out.revision = revision
     out.deleted_count = o.deleted_count
-
-
-def _delete_response(o: DeleteOutcome, revision: int) -> pb.DeleteNodeResponse:
-    out = pb.DeleteNodeResponse()
-    _fill_delete(out, o, revision)
-    return out
 
 
 Apply = Callable[[Transaction, Any, Any], Any]
@@ -163,46 +139,35 @@ class NodeServicer:
             weight=weight,
         )
 
-    async def CreateRoot(self, request: pb.CreateRootRequest, context: Context) -> pb.CreateRootResponse:
+    async def _operation(self, method: str, which: str, request: Any, response_cls: type[M]) -> M:
+        """A unary write: the batch operation `which` alone, answered in its own message."""
+        target_of, apply, fill = _BATCH_OPS[which]
+        target = target_of(request)
+
+        def respond(outcome: Any, revision: int) -> M:
+            out = response_cls()
+            fill(out, outcome, revision)
+            return out
+
         return await self._write(
-            "CreateRoot",
-            request,
-            lambda txn: _create_root(txn, request, None),
-            _create_root_response,
-            pb.CreateRootResponse,
+            method, request, lambda txn: apply(txn, request, target), respond, response_cls
         )
 
+    async def CreateRoot(self, request: pb.CreateRootRequest, context: Context) -> pb.CreateRootResponse:
+        return await self._operation("CreateRoot", "create_root", request, pb.CreateRootResponse)
+
     async def AddChild(self, request: pb.AddChildRequest, context: Context) -> pb.AddChildResponse:
-        parent = _parent_target(request)
-        return await self._write(
-            "AddChild",
-            request,
-            lambda txn: _add_child(txn, request, parent),
-            _add_child_response,
-            pb.AddChildResponse,
-        )
+        return await self._operation("AddChild", "add_child", request, pb.AddChildResponse)
 
     async def ApplyTransition(
         self, request: pb.ApplyTransitionRequest, context: Context
     ) -> pb.ApplyTransitionResponse:
-        node = _node_target(request)
-        return await self._write(
-            "ApplyTransition",
-            request,
-            lambda txn: _apply_transition(txn, request, node),
-            _transition_response,
-            pb.ApplyTransitionResponse,
+        return await self._operation(
+            "ApplyTransition", "apply_transition", request, pb.ApplyTransitionResponse
         )
 
     async def DeleteNode(self, request: pb.DeleteNodeRequest, context: Context) -> pb.DeleteNodeResponse:
-        node = _node_target(request)
-        return await self._write(
-            "DeleteNode",
-            request,
-            lambda txn: _delete_node(txn, request, node),
-            _delete_response,
-            pb.DeleteNodeResponse,
-        )
+        return await self._operation("DeleteNode", "delete_node", request, pb.DeleteNodeResponse)
 
     async def ExecuteBatch(
         self, request: pb.ExecuteBatchRequest, context: Context

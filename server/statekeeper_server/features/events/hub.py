@@ -153,7 +153,7 @@ class EventHub:
         view = self._store.durable()
         end = keys.seq_key(top + 1, 0)
         seek = keys.seq_key(*start)
-        unpack = keys.seq_key_unpack
+        unpack = keys.seq_key_parts
         out: list[StoredEvent] = []
         while len(out) < limit:
             want = min(SLICE_EVENTS, limit - len(out))

@@ -492,7 +492,7 @@ class PgStore:
             try:
                 found.append(self.get(keyspace, key))
             except NotCached as e:
-                if keyspace is Keyspace.TYPES or keyspace is Keyspace.META:
+                if keyspace is Keyspace.TYPES:  # types are loaded their own way (fault_in)
                     raise
                 missing.append(e.start)
         if missing:
