@@ -344,3 +344,32 @@ def test_a_retry_after_the_first_attempt_timed_out_while_queued_applies_once(tmp
         asyncio.run(main())
     finally:
         assert proc.terminate() == 0
+
+
+def test_listings_during_a_slow_sync_do_not_show_the_write_being_synced(tmp_path: Path) -> None:
+    """Regression: a write is in the store before its fsync ends, and the scans behind the
+    listings read the live store (rocksdict's snapshot iterators ignore the snapshot), so
+    list_children, walk and list_nodes showed a child whose creation was not yet durable nor
+    answered. They read the durable view as get_node does."""
+    data = tmp_path / "data"
+    _prepare(data)
+    proc = ServerProcess(data, "--failpoints", "commit.sync_delay=1.0").start()
+    try:
+
+        async def main() -> None:
+            async with await sk.Client.connect(proc.address, timeout=10.0) as c:
+                syncing = asyncio.ensure_future(c.add_child("a", "item", "i1"))
+                await asyncio.sleep(0.4)  # the group is written; its sync takes 1 s
+                assert not syncing.done()
+                assert await c.list_children("a", "item") == []
+                assert [n.ref for n in await c.walk("a")] == [sk.Ref.parse("a")]
+                assert await c.list_nodes("item") == []
+                with pytest.raises(sk.NotFoundError):
+                    await c.get_node("a/item:i1")
+                child = await syncing
+                assert await c.list_children("a", "item") == [child]
+                assert [n.ref for n in await c.walk("a")] == [sk.Ref.parse("a"), child.ref]
+
+        asyncio.run(main())
+    finally:
+        assert proc.terminate() == 0

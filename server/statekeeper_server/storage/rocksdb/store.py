@@ -133,13 +133,22 @@ def _family_options(keyspace: Keyspace, tuning: Tuning, cache: rocksdict.Cache) 
 
 
 class SnapshotView:
-    """A durable view: one RocksDB snapshot per column family, all taken at the same moment
-    (on the event loop, between two writes)."""
+    """A durable view: for every column family a RocksDB snapshot (point reads) and an iterator
+    (scans), all taken at the same moment (on the event loop, between two writes).
 
-    __slots__ = ("_snaps",)
+    Why an iterator of its own: rocksdict 0.3.29's Snapshot.iter() builds the iterator's read
+    options anew, without the snapshot, so a scan through it read the live store, groups still
+    being synced among them. A RocksDB iterator reads the store as it was when it was created,
+    so the view creates one per family with its snapshots, and each scan seeks it again. Scans
+    run on the event loop, each to its end without an await, so one iterator serves them all."""
 
-    def __init__(self, snaps: dict[Keyspace, rocksdict.Snapshot]) -> None:
+    __slots__ = ("_iters", "_snaps")
+
+    def __init__(
+        self, snaps: dict[Keyspace, rocksdict.Snapshot], iters: dict[Keyspace, rocksdict.RdictIter]
+    ) -> None:
         self._snaps = snaps
+        self._iters = iters
 
     def get_now(self, keyspace: Keyspace, key: bytes) -> bytes | None:
         try:
@@ -164,7 +173,20 @@ class SnapshotView:
         limit: int,
         reverse: bool = False,
     ) -> list[tuple[bytes, bytes]]:
-        return list(itertools.islice(_iterate(self._snaps[keyspace].iter(), start, end, reverse), limit))
+        it = self._iters[keyspace]
+        if reverse:
+            return list(itertools.islice(_iterate(it, start, end, reverse), limit))
+        # Forward (every event replay): the loop of _iterate without a generator's resumptions.
+        out: list[tuple[bytes, bytes]] = []
+        it.seek(start)
+        valid, key, value, step = it.valid, it.key, it.value, it.next
+        while valid() and len(out) < limit:
+            k = key()
+            if end is not None and k >= end:
+                break
+            out.append((k, value()))
+            step()
+        return out
 
     async def scan(
         self,
@@ -179,7 +201,7 @@ class SnapshotView:
         return self.scan_now(keyspace, start, end, limit=limit, reverse=reverse)
 
     async def seek(self, keyspace: Keyspace, key: bytes) -> tuple[bytes, bytes] | None:
-        it = self._snaps[keyspace].iter()
+        it = self._iters[keyspace]
         it.seek(key)
         return (it.key(), it.value()) if it.valid() else None
 
@@ -303,7 +325,10 @@ class RocksStore:
         return (it.key(), it.value()) if it.valid() else None
 
     def _take_snapshots(self) -> SnapshotView:
-        return SnapshotView({ks: cf.snapshot() for ks, cf in self._cfs.items()})
+        families = self._cfs.items()
+        return SnapshotView(
+            {ks: cf.snapshot() for ks, cf in families}, {ks: cf.iter() for ks, cf in families}
+        )
 
     def durable(self) -> SnapshotView:
         return self._view
@@ -405,7 +430,7 @@ class RocksStore:
     def _close(self) -> None:
         if self._db is not None:
             # Snapshots and column family objects hold the database open too (and the LOCK file).
-            self._view = SnapshotView({})
+            self._view = SnapshotView({}, {})
             try:
                 for cf in getattr(self, "_cfs", {}).values():
                     cf.close()
