@@ -6,7 +6,11 @@ commit-to-delivery p50/p99, from each event's commit time_ms to its arrival, mil
 Then the replay: on a store of its own, Watch from revision 1 reads the first p.replay_events
 events (100,000: the seeded nodes' creations, then transitions in ExecuteBatch commits of
 p.load_ops), and reads them again once p.later_events more (1,000,000) lie beyond them: ratio to
-itself, and to PostgreSQL's replay of as many events (reference, section p).
+itself, and to PostgreSQL's replay of as many events (reference, section p). Both replays read
+the store: the server is restarted before each, so its in-memory window of the newest events
+(which held most of the 100,000 when they were the newest, and none of them once a million came
+after) serves neither, and the ratio shows what the history beyond the range costs, not the
+window. The replay served by the window is a row of its own.
 
 Until the generated module statekeeper.v1 has an event service with Watch, or while the server
 does not implement it, the section reports "not available" (never a made-up number)."""
@@ -235,11 +239,23 @@ def _replay(ctx: Context, section: Section, method: str) -> None:
                 )
             return runs["events_per_s"]
 
+        window = measure(f"Watch replay of {p.replay_events:,} events, the newest (window)")
+        section.add(
+            "replay_window",
+            Figure(
+                f"Watch replay of {p.replay_events:,} events, the newest (from the window)",
+                median(window),
+                "events/s",
+                window,
+                reference="p.replay",
+            ),
+        )
+        server = stores.restart(ctx, "replay")
         alone = measure(f"Watch replay of {p.replay_events:,} events")
         section.add(
             "replay",
             Figure(
-                f"Watch replay of {p.replay_events:,} events, one subscriber",
+                f"Watch replay of {p.replay_events:,} events, one subscriber, from the store",
                 median(alone),
                 "events/s",
                 alone,
@@ -247,6 +263,7 @@ def _replay(ctx: Context, section: Section, method: str) -> None:
             ),
         )
         _append_transitions(ctx, server, p.later_events)
+        server = stores.restart(ctx, "replay")
         later = measure(f"Watch replay of {p.replay_events:,} events, {p.later_events:,} later")
         section.add(
             "replay_later",

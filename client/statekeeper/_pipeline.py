@@ -29,7 +29,6 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
-from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 
 from statekeeper._errors import DeadlineExceededError, StatekeeperError, UnavailableError, from_status
@@ -65,9 +64,9 @@ def _request(call_id: int, kind: str, request: Message, timeout: float) -> bytes
     """A StreamCall, its request spliced in as serialized (protobuf fields concatenate): the
     request is serialized once, not copied into the envelope first."""
     seconds = int(timeout)
-    duration = duration_pb2.Duration(
-        seconds=seconds, nanos=int((timeout - seconds) * 1e9)
-    ).SerializeToString()
+    nanos = int((timeout - seconds) * 1e9)
+    # A google.protobuf.Duration: seconds (field 1) and nanos (field 2), zeros omitted.
+    duration = (b"\x08" + _varint(seconds) if seconds else b"") + (b"\x10" + _varint(nanos) if nanos else b"")
     body = request.SerializeToString()
     return b"".join(
         (
@@ -218,11 +217,14 @@ class AioPipeline:
             raise StreamRefused()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        try:
-            async with asyncio.timeout_at(deadline):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise _deadline_exceeded() from None
+        if self._slots.locked():  # every slot taken: wait for one, within the deadline
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise _deadline_exceeded() from None
+        else:
+            await self._slots.acquire()  # free: returns at once
         try:
             message = _request(call_id := next(self._ids), kind, request, max(0.0, deadline - loop.time()))
             stream = self._stream

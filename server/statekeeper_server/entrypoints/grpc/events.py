@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import struct
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 from statekeeper.v1 import common_pb2
@@ -13,15 +13,15 @@ from statekeeper.v1 import event_pb2 as pb
 from statekeeper_server.core.engine import Engine
 from statekeeper_server.domain.errors import InvalidArgument, OutOfRange
 from statekeeper_server.domain.events import EventFilter
-from statekeeper_server.domain.model import Event, EventKind, NodeAddress
+from statekeeper_server.domain.model import EventKind, NodeAddress
 from statekeeper_server.domain.validation import check_address, check_name, check_page_size
 from statekeeper_server.entrypoints.grpc import convert
 from statekeeper_server.entrypoints.grpc.wire import WIRE_EVENTS, event_pb, event_wire
 from statekeeper_server.features import listings
 from statekeeper_server.features.events.consumers import ConsumerManager, ConsumerState, covered_revision
 from statekeeper_server.features.events.hub import EventHub
-from statekeeper_server.features.events.lane import SLICE_EVENTS
-from statekeeper_server.storage import codec
+from statekeeper_server.features.events.lane import SLICE_EVENTS, STORED_SLICE_EVENTS
+from statekeeper_server.storage import codec, keys
 from statekeeper_server.storage.base import Keyspace
 
 Context = Any
@@ -50,6 +50,11 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
+def _field_head(tag: int, n: int) -> bytes:
+    """The tag and length of a length-delimited field of n bytes."""
+    return bytes((tag,)) + _varint(n)
+
+
 def _message_field(tag: int, payload: bytes) -> bytes:
     """A length-delimited field (`tag` is field number << 3 | 2) of protobuf's wire format: a
     message built from encoded parts is the concatenation of its fields."""
@@ -60,6 +65,8 @@ def _message_field(tag: int, payload: bytes) -> bytes:
 
 
 _EVENTS_FIELD = 1 << 3 | 2  # WatchResponse.events, SubscribeResponse.deliveries
+_SHORT = 1 << 14  # field lengths of at most two varint bytes: their heads are made once
+_EVENT_HEADS = [bytes((_EVENTS_FIELD,)) + _varint(n) for n in range(_SHORT)]
 _PROGRESS_FIELD = 2 << 3  # WatchResponse.progress_revision (varint)
 _DELIVERY_COUNT_FIELD = 2 << 3  # Delivery.delivery_count (varint)
 
@@ -137,7 +144,7 @@ class EventServicer:
             cursor = (hub.durable_revision + 1, 0)
         seen = cursor[0] - 1  # every event up to this revision was delivered or filtered out
         everything = flt == EventFilter()
-        wire = WIRE_EVENTS.wire
+        wire, unpack = WIRE_EVENTS.wire, keys.seq_key_parts
         watch = object()
         self.watches[watch] = seen
         try:
@@ -148,34 +155,46 @@ class EventServicer:
                 # Build one message a slice at a time, through the stream lane; send it (the
                 # yield returns once the transport took it), then build the next.
                 parts: list[bytes] = []
-                size = 0
-                while len(parts) < batch and size < MAX_STREAM_MESSAGE_BYTES:
-                    want = min(SLICE_EVENTS, batch - len(parts))
+                size = count = 0
+                while count < batch and size < MAX_STREAM_MESSAGE_BYTES:
+                    want = min(STORED_SLICE_EVENTS if everything else SLICE_EVENTS, batch - count)
                     # Every event is sent: as stored, not decoded and encoded again. With a
                     # filter each event is decoded to match it. Read and built in one turn.
-                    rows: Sequence[tuple[int, int, bytes | Event]]
                     done = 0
                     async with hub.lane.turn():
                         if everything:
                             rows, top = await hub.read_stored_upto(cursor, want, in_turn=True)
+                            for key, raw in rows:
+                                done += 1
+                                payload = wire(key, raw)
+                                n = len(payload)
+                                # The field's tag and length, then the event's bytes as they are:
+                                # no concatenation per event (b"".join below copies once).
+                                head = _EVENT_HEADS[n] if n < _SHORT else _field_head(_EVENTS_FIELD, n)
+                                parts += (head, payload)
+                                size += len(head) + n
+                                if size >= MAX_STREAM_MESSAGE_BYTES:
+                                    break
+                            count += done
+                            if done:
+                                revision, index = unpack(rows[done - 1][0])
+                                cursor = (revision, index + 1)
+                            read = len(rows)
                         else:
                             events, top = await hub.read_upto(cursor, want, in_turn=True)
-                            rows = [(e.revision, e.index, e) for e in events]
-                        for revision, index, item in rows:
-                            done += 1
-                            cursor = (revision, index + 1)
-                            if isinstance(item, bytes):
-                                payload = wire(revision, index, item)
-                            elif flt.matches(item):
-                                payload = event_wire(item)
-                            else:
-                                continue
-                            part = _message_field(_EVENTS_FIELD, payload)
-                            parts.append(part)
-                            size += len(part)
-                            if size >= MAX_STREAM_MESSAGE_BYTES:
-                                break
-                    if done == len(rows) < want:
+                            for event in events:
+                                done += 1
+                                if flt.matches(event):
+                                    part = _message_field(_EVENTS_FIELD, event_wire(event))
+                                    parts.append(part)
+                                    size += len(part)
+                                    count += 1
+                                    if size >= MAX_STREAM_MESSAGE_BYTES:
+                                        break
+                            if done:
+                                cursor = (events[done - 1].revision, events[done - 1].index + 1)
+                            read = len(events)
+                    if done == read < want:
                         # A short read, all of it taken: every event up to `top` was seen.
                         seen = max(seen, top)
                         break

@@ -9,7 +9,7 @@ from __future__ import annotations
 from statekeeper.v1 import event_pb2 as pb
 from statekeeper_server.domain.model import Event, EventKind
 from statekeeper_server.entrypoints.grpc import convert
-from statekeeper_server.storage import codec
+from statekeeper_server.storage import codec, keys
 
 _KINDS = {int(k): k for k in EventKind}
 
@@ -59,10 +59,10 @@ class WireEvents:
             raw,
         )
 
-    def wire(self, revision: int, index: int, raw: bytes) -> bytes:
-        """The encoded Event message for a stored event."""
+    def wire(self, key: bytes, raw: bytes) -> bytes:
+        """The encoded Event message for a stored event (its key and stored bytes)."""
         if raw[:1] == _MSGPACK:
-            return self.encode(codec.decode_event(revision, index, raw))
+            return self.encode(codec.decode_event(*keys.seq_key_parts(key), raw))
         return raw
 
 

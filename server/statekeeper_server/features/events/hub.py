@@ -27,8 +27,10 @@ log = logging.getLogger("statekeeper.events")
 META_COMPACTED = b"events_compacted_revision"
 
 Position = tuple[int, int]
-StoredEvent = tuple[int, int, bytes]
-"""(revision, index, the bytes the store holds for the event)."""
+StoredEvent = tuple[bytes, bytes]
+"""(the event's key, the bytes the store holds for it): a row as a scan of the store returns
+it, so a read from the store passes its rows on as they are (keys.seq_key_parts reads the
+revision and index from the key)."""
 
 
 class EventHub:
@@ -70,7 +72,8 @@ class EventHub:
         mode: read from the shared store by cluster/events.py, whichever server committed)."""
         stored = self._stored
         encode = self.codec.encode
-        stored.extend([(e.revision, e.index, e.encoded or encode(e)) for e in new])
+        key = keys.seq_key
+        stored.extend([(key(e.revision, e.index), e.encoded or encode(e)) for e in new])
         self.durable_revision = max(self.durable_revision, top)
         if len(stored) > 2 * self._window:
             del stored[: len(stored) - self._window]
@@ -118,33 +121,35 @@ class EventHub:
         """Up to limit durable events at or after start, in order, and the durable revision the
         read went up to: fewer than limit events means every event up to it was read.
 
-        in_turn: the caller holds a turn of the lane (and asks for at most SLICE_EVENTS): the
-        read does its work in that turn instead of taking turns of its own."""
+        in_turn: the caller holds a turn of the lane (and asks for at most SLICE_EVENTS, or
+        STORED_SLICE_EVENTS from read_stored_upto): the read does its work in that turn instead
+        of taking turns of its own."""
         rows, top = await self.read_stored_upto(start, limit, in_turn=in_turn)
-        decode = self.codec.decode
+        decode, unpack = self.codec.decode, keys.seq_key_parts
         if in_turn or len(rows) <= SLICE_EVENTS:
-            return [decode(revision, index, raw) for revision, index, raw in rows], top
+            return [decode(*unpack(key), raw) for key, raw in rows], top
         events: list[Event] = []
         for i in range(0, len(rows), SLICE_EVENTS):
             async with self.lane.turn():
-                events.extend([decode(r, x, raw) for r, x, raw in rows[i : i + SLICE_EVENTS]])
+                events.extend([decode(*unpack(key), raw) for key, raw in rows[i : i + SLICE_EVENTS]])
         return events, top
 
     async def read_stored_upto(
         self, start: Position, limit: int, *, in_turn: bool = False
     ) -> tuple[list[StoredEvent], int]:
-        """As read_upto, as stored: (revision, index, the stored bytes), not decoded. A reader
-        that takes every event sends these as they are (see EventCodec)."""
+        """As read_upto, as stored: (key, the stored bytes), not decoded. A reader that takes
+        every event sends these as they are (see EventCodec)."""
         stored = self._stored
         top = self.durable_revision
-        if stored and start >= stored[0][:2]:
-            # (revision, index) sorts before the stored (revision, index, bytes) it names.
-            i = bisect.bisect_left(stored, start)
+        seek = keys.seq_key(*start)
+        if stored and seek >= stored[0][0]:
+            # (key,) sorts before the stored (key, bytes) it names, after every smaller key.
+            i = bisect.bisect_left(stored, (seek,))
             return stored[i : i + limit], top
-        return await self._read_stored(start, limit, top, in_turn)
+        return await self._read_stored(start, seek, limit, top, in_turn)
 
     async def _read_stored(
-        self, start: Position, limit: int, top: int, in_turn: bool
+        self, start: Position, seek: bytes, limit: int, top: int, in_turn: bool
     ) -> tuple[list[StoredEvent], int]:
         if start[0] < self.oldest_revision:
             self.check_start(start[0])
@@ -152,14 +157,13 @@ class EventHub:
         # from the same moment.
         view = self._store.durable()
         end = keys.seq_key(top + 1, 0)
-        seek = keys.seq_key(*start)
-        unpack = keys.seq_key_parts
         out: list[StoredEvent] = []
         while len(out) < limit:
-            want = min(SLICE_EVENTS, limit - len(out))
+            # In the caller's turn, one read of what it asked for (it sized it for a turn).
+            want = limit - len(out) if in_turn else min(SLICE_EVENTS, limit - len(out))
             async with contextlib.nullcontext() if in_turn else self.lane.turn():
                 found = await view.scan(Keyspace.EVENTS, seek, end, limit=want)
-                out.extend([(*unpack(key), raw) for key, raw in found])
+                out += found
             if len(found) < want:
                 break
             seek = found[-1][0] + b"\x00"

@@ -133,22 +133,37 @@ def _family_options(keyspace: Keyspace, tuning: Tuning, cache: rocksdict.Cache) 
 
 
 class SnapshotView:
-    """A durable view: for every column family a RocksDB snapshot (point reads) and an iterator
-    (scans), all taken at the same moment (on the event loop, between two writes).
+    """A durable view: a RocksDB snapshot per column family (point reads), all taken at the same
+    moment (on the event loop, between two writes), and the same moment for scans.
 
-    Why an iterator of its own: rocksdict 0.3.29's Snapshot.iter() builds the iterator's read
-    options anew, without the snapshot, so a scan through it read the live store, groups still
-    being synced among them. A RocksDB iterator reads the store as it was when it was created,
-    so the view creates one per family with its snapshots, and each scan seeks it again. Scans
-    run on the event loop, each to its end without an await, so one iterator serves them all."""
+    Scans cannot go through the snapshots: rocksdict 0.3.29's Snapshot.iter() builds the
+    iterator's read options anew, without the snapshot, so a scan through it read the live store,
+    groups still being synced among them. A RocksDB iterator reads the store as it was when it
+    was created instead. Until the store's next write, the live store is the view: each scan
+    makes a fresh iterator. Just before that write the store freezes the view: one iterator per
+    family, made then, serves its scans from then on (they run on the event loop, each to its end
+    without an await). So a view pins memtables and files only once something was written after
+    it, and an idle server's newest view pins nothing."""
 
-    __slots__ = ("_iters", "_snaps")
+    __slots__ = ("_frozen", "_live", "_snaps")
 
     def __init__(
-        self, snaps: dict[Keyspace, rocksdict.Snapshot], iters: dict[Keyspace, rocksdict.RdictIter]
+        self, snaps: dict[Keyspace, rocksdict.Snapshot], live: dict[Keyspace, rocksdict.Rdict]
     ) -> None:
         self._snaps = snaps
-        self._iters = iters
+        self._live: dict[Keyspace, rocksdict.Rdict] | None = live
+        self._frozen: dict[Keyspace, rocksdict.RdictIter] = {}
+
+    def freeze(self) -> None:
+        """The store is about to write: scans read iterators made now from here on."""
+        live = self._live
+        if live is not None:
+            self._frozen = {ks: cf.iter() for ks, cf in live.items()}
+            self._live = None
+
+    def _iterator(self, keyspace: Keyspace) -> rocksdict.RdictIter:
+        live = self._live
+        return live[keyspace].iter() if live is not None else self._frozen[keyspace]
 
     def get_now(self, keyspace: Keyspace, key: bytes) -> bytes | None:
         try:
@@ -173,7 +188,16 @@ class SnapshotView:
         limit: int,
         reverse: bool = False,
     ) -> list[tuple[bytes, bytes]]:
-        it = self._iters[keyspace]
+        live = self._live
+        if live is not None and not reverse:
+            # RocksDB itself stops at the bound (and leaves out every file beyond it), and
+            # rocksdict yields the pairs: one call per key instead of four.
+            options = rocksdict.ReadOptions()
+            if end is not None:
+                options.set_iterate_upper_bound(end)
+            pairs: Iterator[tuple[bytes, bytes]] = live[keyspace].items(from_key=start, read_opt=options)  # type: ignore[assignment]  # rocksdict's stub types it as RdictItems
+            return list(itertools.islice(pairs, limit))
+        it = self._iterator(keyspace)
         if reverse:
             return list(itertools.islice(_iterate(it, start, end, reverse), limit))
         # Forward (every event replay): the loop of _iterate without a generator's resumptions.
@@ -201,7 +225,7 @@ class SnapshotView:
         return self.scan_now(keyspace, start, end, limit=limit, reverse=reverse)
 
     async def seek(self, keyspace: Keyspace, key: bytes) -> tuple[bytes, bytes] | None:
-        it = self._iters[keyspace]
+        it = self._iterator(keyspace)
         it.seek(key)
         return (it.key(), it.value()) if it.valid() else None
 
@@ -273,11 +297,12 @@ class RocksStore:
         self._sync = rocksdict.WriteOptions()
         self._sync.sync = True
         self._nosync = rocksdict.WriteOptions()
+        self._view = SnapshotView({}, {})  # no reader before the first one below
         self._check_format()
         # What recovery replayed from the WAL may never have been synced (a process that died
         # between write and sync): make it durable before anyone reads it.
         db.flush_wal(True)
-        self._view: SnapshotView = self._take_snapshots()
+        self._view = self._take_snapshots()
 
     def _check_format(self) -> None:
         raw = self.get(Keyspace.META, keys.META_FORMAT_VERSION)
@@ -325,10 +350,7 @@ class RocksStore:
         return (it.key(), it.value()) if it.valid() else None
 
     def _take_snapshots(self) -> SnapshotView:
-        families = self._cfs.items()
-        return SnapshotView(
-            {ks: cf.snapshot() for ks, cf in families}, {ks: cf.iter() for ks, cf in families}
-        )
+        return SnapshotView({ks: cf.snapshot() for ks, cf in self._cfs.items()}, self._cfs)
 
     def durable(self) -> SnapshotView:
         return self._view
@@ -344,6 +366,7 @@ class RocksStore:
         assert isinstance(batch, RocksWriteBatch)
         if self._db is None:
             raise StoreError("the store is closed")
+        self._view.freeze()  # what it shows is about to change
         try:
             self._db.write(batch._batch, self._sync if sync else self._nosync)
         except Exception as e:
