@@ -35,6 +35,9 @@ class _Batch:
     def delete(self, *args: object) -> None:
         self.n += 1
 
+    def write_all(self, mutations: list[object]) -> None:
+        self.n += len(mutations)
+
     def __len__(self) -> int:
         return self.n
 

@@ -184,7 +184,9 @@ class Engine:
 
         intent.build = run
         self.committer.enqueue(intent)
-        answer: M = await asyncio.shield(intent.future)
+        # Not shielded: a caller that goes away cancels only its wait on the future (the
+        # committer answers nobody then); the intent stays queued and commits all the same.
+        answer: M = await intent.future
         return answer
 
     def admit(self) -> None:
@@ -295,40 +297,56 @@ class Commit:
         """Encode everything into mutations, publish them to the group's overlay."""
         engine, revision = self.engine, self.revision
         mutations = self.mutations
+        append = mutations.append
         node_keys: list[bytes] = []
         new_types: list[MachineType] = []
+        queues_tasks = False
         txn = self._txn
         if txn is not None:
             before = txn.before
             view = engine.write_view
+            pending_nodes = engine.pending.nodes
+            node_key, encode_node = keys.node_key, codec.encode_node
+            nodes_ks = Keyspace.NODES
             for address, record in txn.nodes.items():
-                key = keys.node_key(address)
+                key = node_key(address)
                 node_keys.append(key)
-                mutations.append(
-                    (Keyspace.NODES, key, codec.encode_node(record) if record is not None else None)
-                )
                 old = before[address] if address in before else view.get_node(address)
-                node_index_mutations(mutations, key, old, record)
+                append((nodes_ks, key, encode_node(record) if record is not None else None))
+                if (
+                    old is None
+                    or record is None
+                    or old.state != record.state
+                    or old.terminal != record.terminal
+                    or old.type != record.type
+                ):
+                    node_index_mutations(mutations, key, old, record)
+                pending_nodes[key] = (record, revision)
             for task in txn.tasks:
                 tkey = keys.task_key(task.task_id)
                 assert tkey is not None
-                mutations.append((Keyspace.TASKS, tkey, codec.encode_task(task)))
+                append((Keyspace.TASKS, tkey, codec.encode_task(task)))
                 mutations.extend(task_index_mutations(task))
+                queues_tasks = True
             for mt in txn.types:
-                mutations.append(
-                    (Keyspace.TYPES, keys.type_key(mt.name, mt.version), codec.encode_machine_type(mt))
-                )
+                append((Keyspace.TYPES, keys.type_key(mt.name, mt.version), codec.encode_machine_type(mt)))
             new_types = list(txn.types)
-            engine.pending.put_nodes(zip(node_keys, txn.nodes.values(), strict=True), revision)
             for mt in new_types:
                 engine.pending.types[(mt.name, mt.version)] = mt
         raw_keys = list(self._local)
         for (keyspace, key), value in self._local.items():
-            mutations.append((keyspace, key, value))
-        encode = engine.event_codec.encode
+            append((keyspace, key, value))
+            if keyspace is Keyspace.TIMERS or keyspace is Keyspace.OUTBOUND_QUEUE:
+                queues_tasks = True
+        encode, seq_key, events_ks = engine.event_codec.encode, keys.seq_key, Keyspace.EVENTS
+        rows: list[tuple[bytes, bytes]] = []
         for event in self.events:
             event.encoded = encoded = encode(event)
-            mutations.append((Keyspace.EVENTS, keys.seq_key(revision, event.index), encoded))
+            row = (seq_key(revision, event.index), encoded)
+            rows.append(row)
+            append((events_ks, *row))
         # Every key written is visible to the later commits of the group (get and scan).
         engine.pending.add_sealed(mutations, revision)
-        return PendingCommit(revision, mutations, node_keys, new_types, raw_keys, self.events)
+        return PendingCommit(
+            revision, mutations, node_keys, new_types, raw_keys, self.events, 0, rows, queues_tasks
+        )

@@ -277,28 +277,46 @@ class Transaction:
                 allowed_transitions=",".join(allowed),
                 terminal=str(record.terminal).lower(),
             )
-        inputs = self._task_inputs(definition.tasks, task_inputs)
-        updated = record.copy()
-        updated.state = definition.destination
-        updated.transition_count += 1
-        updated.update_revision = self.revision
-        updated.terminal = mt.is_terminal(definition.destination)
+        inputs = self._task_inputs(definition.tasks, task_inputs) if definition.tasks or task_inputs else {}
+        destination = definition.destination
+        count = record.transition_count + 1
         data_changed = data is not None and (data != record.data or content_type != record.content_type)
-        if data is not None:
-            updated.data = data
-            updated.content_type = content_type
-        self._put(address, updated, record)
-        self._event(
-            EventKind.NODE_TRANSITIONED,
-            address,
-            node_type=record.type,
-            from_state=record.state,
-            to_state=updated.state,
-            transition=name,
-            transition_count=updated.transition_count,
+        # The new record shares child_counts with the old: records are values (changed only on a
+        # copy), and a transition leaves the counts as they are.
+        updated = NodeRecord(
+            record.type,
+            record.type_version,
+            destination,
+            data if data is not None else record.data,
+            content_type if data is not None else record.content_type,
+            count,
+            record.create_revision,
+            self.revision,
+            mt.is_terminal(destination),
+            record.child_counts,
+        )
+        if address not in self.nodes:
+            self.before[address] = record
+        self.nodes[address] = updated
+        events = self.events
+        events.append(
+            Event(
+                self.revision,
+                len(events),
+                EventKind.NODE_TRANSITIONED,
+                self.now_ms,
+                address,
+                record.type,
+                record.state,
+                destination,
+                name,
+                count,
+            )
         )
         if data_changed:
-            self._event(EventKind.NODE_DATA_CHANGED, address, node_type=record.type, to_state=updated.state)
+            self._event(EventKind.NODE_DATA_CHANGED, address, node_type=record.type, to_state=destination)
+        if not definition.tasks:
+            return TransitionOutcome(NodeSnapshot(address, updated), record.state, ())
         emitted = []
         for task_def in definition.tasks:
             given = inputs.get(task_def.name)

@@ -74,6 +74,22 @@ def check_request_id(value: str, limits: Limits) -> None:
 
 
 def check_address(address: NodeAddress, field: str, limits: Limits) -> None:
+    # Every write checks its address: the common case (printable ids, known names, a short
+    # path) costs no error text.
+    max_id, path = limits.max_id_length, address.path
+    root = address.root_id
+    if root and len(root) <= max_id and root.isprintable() and len(path) <= limits.max_path_depth:
+        for type_name, node_id in path:
+            if not (
+                type_name in _known_names
+                and len(type_name) <= limits.max_name_length
+                and node_id
+                and len(node_id) <= max_id
+                and node_id.isprintable()
+            ):
+                break
+        else:
+            return
     check_id(address.root_id, f"{field}.root_id", limits)
     if len(address.path) > limits.max_path_depth:
         raise InvalidArgument(

@@ -61,6 +61,10 @@ class WriteBatch(Protocol):
 
     def delete(self, keyspace: Keyspace, key: bytes) -> None: ...
 
+    def write_all(self, mutations: list[tuple[Keyspace, bytes, bytes | None]]) -> None:
+        """put (a value) or delete (None) each, in order: a commit's writes in one call."""
+        ...
+
     def delete_range(self, keyspace: Keyspace, start: bytes, end: bytes) -> None:
         """Delete every key in [start, end)."""
         ...

@@ -14,7 +14,7 @@ from statekeeper_server.domain.errors import BatchOperationFailed, DomainError, 
 from statekeeper_server.domain.model import NodeAddress
 from statekeeper_server.domain.transaction import DeleteOutcome, NodeSnapshot, Transaction, TransitionOutcome
 from statekeeper_server.domain.validation import check_address, check_name, check_page_size, check_request_id
-from statekeeper_server.entrypoints.grpc import convert
+from statekeeper_server.entrypoints.grpc import convert, wire
 
 Context = Any
 M = TypeVar("M", bound=Message)
@@ -27,26 +27,15 @@ def fingerprint(method: str, request: Message) -> bytes:
     return h.digest()
 
 
-def _codec(cls: type[Any]) -> ResponseCodec[Any]:
-    return ResponseCodec(lambda m: m.SerializeToString(), cls.FromString)
-
-
-_CODECS: dict[type[Any], ResponseCodec[Any]] = {
-    cls: _codec(cls)
-    for cls in (
-        pb.CreateRootResponse,
-        pb.AddChildResponse,
-        pb.DeleteNodeResponse,
-        pb.ApplyTransitionResponse,
-        pb.ExecuteBatchResponse,
-    )
-}
+# A write is answered with its response message already encoded (wire.py): the request-id
+# record keeps those bytes, and a replay answers them again.
+_BYTES = ResponseCodec[bytes](lambda b: b, lambda b: b)
 
 
 # Each operation is three functions: the node it reads first (read ahead for a whole batch in
-# one multi-get), apply it to a transaction given that node, and fill its (empty) response
-# message from the outcome. Responses are filled in place: in a batch, straight into the result
-# list. A unary write is the same operation alone (NodeServicer._operation).
+# one multi-get), apply it to a transaction given that node, and encode its response message
+# from the outcome. A unary write is the same operation alone (NodeServicer._operation); in a
+# batch its response is a BatchResult's member (field number: _RESULT_FIELD).
 def _no_target(r: Any) -> None:
     return None
 
@@ -63,9 +52,10 @@ def _create_root(txn: Transaction, r: pb.CreateRootRequest, _: None) -> NodeSnap
     return txn.create_root(r.type, r.id, r.data.value, r.data.content_type, r.type_version)
 
 
-def _fill_created(out: Any, s: NodeSnapshot, revision: int) -> None:
-    convert.fill_node(out.node, s.address, s.record)
-    out.revision = revision
+def _created(s: NodeSnapshot, revision: int) -> bytes:
+    """CreateRootResponse and AddChildResponse: node = 1, revision = 2."""
+    node = wire.field(1, wire.encode_node(s.address, s.record))
+    return node + b"\x10" + wire.varint(revision) if revision else node
 
 
 def _add_child(txn: Transaction, r: pb.AddChildRequest, parent: NodeAddress) -> NodeSnapshot:
@@ -82,35 +72,34 @@ def _apply_transition(txn: Transaction, r: pb.ApplyTransitionRequest, node: Node
         data.value if data is not None else None,
         data.content_type if data is not None else "",
         r.expected_transition_count if r.HasField("expected_transition_count") else None,
-        convert.task_inputs(r.task_inputs),
+        convert.task_inputs(r.task_inputs) if r.task_inputs else (),
     )
 
 
-def _fill_transition(out: pb.ApplyTransitionResponse, o: TransitionOutcome, revision: int) -> None:
-    convert.fill_node(out.node, o.node.address, o.node.record)
-    out.revision = revision
-    out.from_state = o.from_state
-    if o.tasks:
-        out.tasks.extend([convert.task(t) for t in o.tasks])
+def _transitioned(o: TransitionOutcome, revision: int) -> bytes:
+    return wire.encode_transition_response(o.node.address, o.node.record, revision, o.from_state, o.tasks)
 
 
 def _delete_node(txn: Transaction, r: pb.DeleteNodeRequest, node: NodeAddress) -> DeleteOutcome:
     return txn.delete(node)
 
 
-def _fill_delete(out: pb.DeleteNodeResponse, o: DeleteOutcome, revision: int) -> None:
-    out.revision = revision
-    out.deleted_count = o.deleted_count
+def _deleted(o: DeleteOutcome, revision: int) -> bytes:
+    """DeleteNodeResponse: revision = 1, deleted_count = 2."""
+    return (b"\x08" + wire.varint(revision) if revision else b"") + (
+        b"\x10" + wire.varint(o.deleted_count) if o.deleted_count else b""
+    )
 
 
 Apply = Callable[[Transaction, Any, Any], Any]
 
-_BATCH_OPS: dict[str, tuple[Callable[[Any], NodeAddress | None], Apply, Callable[[Any, Any, int], None]]] = {
-    "create_root": (_no_target, _create_root, _fill_created),
-    "add_child": (_parent_target, _add_child, _fill_created),
-    "apply_transition": (_node_target, _apply_transition, _fill_transition),
-    "delete_node": (_node_target, _delete_node, _fill_delete),
+_BATCH_OPS: dict[str, tuple[Callable[[Any], NodeAddress | None], Apply, Callable[[Any, int], bytes]]] = {
+    "create_root": (_no_target, _create_root, _created),
+    "add_child": (_parent_target, _add_child, _created),
+    "apply_transition": (_node_target, _apply_transition, _transitioned),
+    "delete_node": (_node_target, _delete_node, _deleted),
 }
+_RESULT_FIELD = {f.name: f.number for f in pb.BatchResult.DESCRIPTOR.fields}
 
 
 class NodeServicer:
@@ -123,10 +112,9 @@ class NodeServicer:
         method: str,
         request: Any,
         apply: Callable[[Transaction], Any],
-        respond: Callable[[Any, int], M],
-        response_cls: type[M],
+        respond: Callable[[Any, int], bytes],
         weight: int = 1,
-    ) -> M:
+    ) -> bytes:
         request_id: str = request.request_id
         if request_id:
             check_request_id(request_id, self.limits)
@@ -135,43 +123,29 @@ class NodeServicer:
             respond,
             request_id=request_id,
             fingerprint=fingerprint(method, request) if request_id else b"",
-            response_codec=_CODECS[response_cls],
+            response_codec=_BYTES,
             weight=weight,
         )
 
-    async def _operation(self, method: str, which: str, request: Any, response_cls: type[M]) -> M:
+    async def _operation(self, method: str, which: str, request: Any) -> bytes:
         """A unary write: the batch operation `which` alone, answered in its own message."""
-        target_of, apply, fill = _BATCH_OPS[which]
+        target_of, apply, respond = _BATCH_OPS[which]
         target = target_of(request)
+        return await self._write(method, request, lambda txn: apply(txn, request, target), respond)
 
-        def respond(outcome: Any, revision: int) -> M:
-            out = response_cls()
-            fill(out, outcome, revision)
-            return out
+    async def CreateRoot(self, request: pb.CreateRootRequest, context: Context) -> bytes:
+        return await self._operation("CreateRoot", "create_root", request)
 
-        return await self._write(
-            method, request, lambda txn: apply(txn, request, target), respond, response_cls
-        )
+    async def AddChild(self, request: pb.AddChildRequest, context: Context) -> bytes:
+        return await self._operation("AddChild", "add_child", request)
 
-    async def CreateRoot(self, request: pb.CreateRootRequest, context: Context) -> pb.CreateRootResponse:
-        return await self._operation("CreateRoot", "create_root", request, pb.CreateRootResponse)
+    async def ApplyTransition(self, request: pb.ApplyTransitionRequest, context: Context) -> bytes:
+        return await self._operation("ApplyTransition", "apply_transition", request)
 
-    async def AddChild(self, request: pb.AddChildRequest, context: Context) -> pb.AddChildResponse:
-        return await self._operation("AddChild", "add_child", request, pb.AddChildResponse)
+    async def DeleteNode(self, request: pb.DeleteNodeRequest, context: Context) -> bytes:
+        return await self._operation("DeleteNode", "delete_node", request)
 
-    async def ApplyTransition(
-        self, request: pb.ApplyTransitionRequest, context: Context
-    ) -> pb.ApplyTransitionResponse:
-        return await self._operation(
-            "ApplyTransition", "apply_transition", request, pb.ApplyTransitionResponse
-        )
-
-    async def DeleteNode(self, request: pb.DeleteNodeRequest, context: Context) -> pb.DeleteNodeResponse:
-        return await self._operation("DeleteNode", "delete_node", request, pb.DeleteNodeResponse)
-
-    async def ExecuteBatch(
-        self, request: pb.ExecuteBatchRequest, context: Context
-    ) -> pb.ExecuteBatchResponse:
+    async def ExecuteBatch(self, request: pb.ExecuteBatchRequest, context: Context) -> bytes:
         ops = request.operations
         if not ops:
             raise InvalidArgument("FIELD_REQUIRED", "operations must not be empty", field="operations")
@@ -189,33 +163,33 @@ class NodeServicer:
                 raise BatchOperationFailed(
                     i, InvalidArgument("FIELD_REQUIRED", "the operation is empty", field=f"operations[{i}]")
                 )
+            target_of, apply, respond = _BATCH_OPS[which]
             operation = getattr(op, which)
-            steps.append((which, operation, _BATCH_OPS[which][0](operation)))
-        targets = [target for _, _, target in steps if target is not None]
+            steps.append((apply, operation, target_of(operation), respond, _RESULT_FIELD[which]))
+        targets = [target for _, _, target, _, _ in steps if target is not None]
 
-        def apply(txn: Transaction) -> list[tuple[str, Any]]:
+        def apply_all(txn: Transaction) -> list[Any]:
             txn.read_ahead(targets)
-            outcomes: list[tuple[str, Any]] = []
+            outcomes: list[Any] = []
             append = outcomes.append
-            for i, (which, op, target) in enumerate(steps):
+            for i, (apply, op, target, _, _) in enumerate(steps):
                 try:
-                    append((which, _BATCH_OPS[which][1](txn, op, target)))
+                    append(apply(txn, op, target))
                 except DomainError as e:
                     raise BatchOperationFailed(i, e) from e
             return outcomes
 
-        def respond(outcomes: list[tuple[str, Any]], revision: int) -> pb.ExecuteBatchResponse:
-            response = pb.ExecuteBatchResponse(revision=revision)
-            add = response.results.add
-            for which, outcome in outcomes:
-                result = getattr(add(), which)
-                result.SetInParent()
-                _BATCH_OPS[which][2](result, outcome, revision)
-            return response
+        def respond_all(outcomes: list[Any], revision: int) -> bytes:
+            """ExecuteBatchResponse: revision = 1, results = 2 (BatchResult, one member each)."""
+            field = wire.field
+            return (b"\x08" + wire.varint(revision) if revision else b"") + b"".join(
+                [
+                    field(2, field(number, respond(outcome, revision)))
+                    for (_, _, _, respond, number), outcome in zip(steps, outcomes, strict=True)
+                ]
+            )
 
-        return await self._write(
-            "ExecuteBatch", request, apply, respond, pb.ExecuteBatchResponse, weight=len(steps)
-        )
+        return await self._write("ExecuteBatch", request, apply_all, respond_all, weight=len(steps))
 
     # -- reads: durable state only -----------------------------------------------------------
 

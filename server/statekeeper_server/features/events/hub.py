@@ -60,12 +60,12 @@ class EventHub:
     def on_durable(self, group: list[PendingCommit]) -> None:
         """A durable listener (one server): every commit reaches the hub through here."""
         top = self.durable_revision
-        events: list[Event] = []
+        stored = self._stored
         for commit in group:
             if commit.revision:
                 top = commit.revision
-                events.extend(commit.events)
-        self.feed(events, top)
+                stored.extend(commit.event_rows)
+        self._advance(top)
 
     def feed(self, new: list[Event], top: int) -> None:
         """Events of every revision up to top, in order, following those fed before (cluster
@@ -74,6 +74,11 @@ class EventHub:
         encode = self.codec.encode
         key = keys.seq_key
         stored.extend([(key(e.revision, e.index), e.encoded or encode(e)) for e in new])
+        self._advance(top)
+
+    def _advance(self, top: int) -> None:
+        """Events up to top are in the window: trim it, wake the readers."""
+        stored = self._stored
         self.durable_revision = max(self.durable_revision, top)
         if len(stored) > 2 * self._window:
             del stored[: len(stored) - self._window]

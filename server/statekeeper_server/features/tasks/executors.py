@@ -60,6 +60,8 @@ class TaskExecutors:
     def _on_durable(self, group: list[PendingCommit]) -> None:
         timers, queue = Keyspace.TIMERS, Keyspace.OUTBOUND_QUEUE
         for commit in group:
+            if not commit.queues_tasks:
+                continue
             for keyspace, key, value in commit.mutations:
                 if value is None:
                     continue

@@ -136,6 +136,11 @@ class PgBatch:
     def delete(self, keyspace: Keyspace, key: bytes) -> None:
         self.ops[(keyspace, self._shard, key)] = None
 
+    def write_all(self, mutations: list[tuple[Keyspace, bytes, bytes | None]]) -> None:
+        ops, shard = self.ops, self._shard
+        for keyspace, key, value in mutations:
+            ops[(keyspace, shard, key)] = value
+
     def delete_range(self, keyspace: Keyspace, start: bytes, end: bytes) -> None:
         """Every shard's keys in [start, end) (no build writes one; housekeeping goes through
         PgStore.fenced and compact_events)."""

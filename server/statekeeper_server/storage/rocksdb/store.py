@@ -13,11 +13,11 @@ exist) costs no disk read.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import errno
 import itertools
 import logging
 import os
+import queue
 import threading
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
@@ -63,6 +63,16 @@ class RocksWriteBatch:
     def delete(self, keyspace: Keyspace, key: bytes) -> None:
         self._batch.delete(key, self._handles[keyspace])
         self._count += 1
+
+    def write_all(self, mutations: list[tuple[Keyspace, bytes, bytes | None]]) -> None:
+        batch, handles = self._batch, self._handles
+        put, delete = batch.put, batch.delete
+        for keyspace, key, value in mutations:
+            if value is None:
+                delete(key, handles[keyspace])
+            else:
+                put(key, value, handles[keyspace])
+        self._count += len(mutations)
 
     def delete_range(self, keyspace: Keyspace, start: bytes, end: bytes) -> None:
         self._batch.delete_range(start, end, self._handles[keyspace])
@@ -293,7 +303,11 @@ class RocksStore:
         assert db is not None
         self._cfs = {ks: db.get_column_family(ks.value) for ks in Keyspace}
         self._handles = {ks: db.get_column_family_handle(ks.value) for ks in Keyspace}
-        self._syncer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wal-sync")
+        # The WAL-sync thread: one, fed by a SimpleQueue (a pool's futures and work items cost
+        # more than the hand-off itself, once per commit group).
+        self._sync_jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._syncer = threading.Thread(target=self._run_syncs, name="wal-sync", daemon=True)
+        self._syncer.start()
         self._sync = rocksdict.WriteOptions()
         self._sync.sync = True
         self._nosync = rocksdict.WriteOptions()
@@ -390,7 +404,12 @@ class RocksStore:
                 error = e
             loop.call_soon_threadsafe(done, error)
 
-        self._syncer.submit(sync)
+        self._sync_jobs.put(sync)
+
+    def _run_syncs(self) -> None:
+        jobs = self._sync_jobs
+        while (job := jobs.get()) is not None:
+            job()
 
     async def fault_in(self, missing: NotCached) -> None:
         raise AssertionError("the embedded store holds everything: nothing is ever missing")
@@ -466,5 +485,6 @@ class RocksStore:
             self._cfs.clear()
             self._handles.clear()
             self._db = None
-        if hasattr(self, "_syncer"):
-            self._syncer.shutdown(wait=True)
+        if hasattr(self, "_syncer") and self._syncer.is_alive():
+            self._sync_jobs.put(None)
+            self._syncer.join()
