@@ -373,13 +373,49 @@ class ClusterRouting:
         return any(k == FORWARDED_HEADER for k, _ in context.invocation_metadata() or ())
 
 
-class _CallState:
-    __slots__ = ("error", "forward", "limit")
+class _CallScope:
+    """What every call goes through, unary or streaming: load shedding, the request id in the
+    log context, the in-flight count, malformed requests refused, the durable barrier, domain
+    errors turned into rich statuses, and the observers and log told how it ended.
 
-    def __init__(self) -> None:
+    A class with __aenter__/__aexit__ rather than an @asynccontextmanager generator: it runs
+    around every call, and a generator costs several times as much to enter and leave."""
+
+    __slots__ = (
+        "_barrier",
+        "_cluster",
+        "_context",
+        "_has_request_id",
+        "_method",
+        "_name",
+        "_observers",
+        "_request",
+        "_reset_context",
+        "_rid",
+        "_started",
+        "error",
+        "forward",
+        "limit",
+    )
+
+    def __init__(
+        self,
+        request: Any,
+        context: grpc.aio.ServicerContext[Any, Any],
+        name: str,
+        observers: list[CallObserver],
+        has_request_id: bool,
+        limit: ConcurrencyLimit | None,
+        barrier: Callable[[], Awaitable[None]] | None,
+        reset_context: bool,
+        cluster: ClusterRouting | None = None,
+    ) -> None:
+        self._request, self._context, self._name, self._observers = request, context, name, observers
+        self._has_request_id, self._barrier, self._reset_context = has_request_id, barrier, reset_context
+        self._cluster = cluster
+        self.limit = limit  # set while the call counts as in flight
         self.error: DomainError | None = None
         self.forward: int | None = None  # the shard to forward the call to
-        self.limit: ConcurrencyLimit | None = None  # set while the call counts as in flight
 
     def uncount(self) -> None:
         """Stop counting the call in flight (a long-lived stream, once admitted)."""
@@ -387,58 +423,48 @@ class _CallState:
             self.limit.in_flight -= 1
             self.limit = None
 
-
-@contextlib.asynccontextmanager
-async def _call(
-    request: Any,
-    context: grpc.aio.ServicerContext[Any, Any],
-    name: str,
-    observers: list[CallObserver],
-    has_request_id: bool,
-    limit: ConcurrencyLimit | None,
-    barrier: Callable[[], Awaitable[None]] | None,
-    reset_context: bool,
-    cluster: ClusterRouting | None = None,
-) -> AsyncIterator[_CallState]:
-    """What every call goes through, unary or streaming: load shedding, the request id in the
-    log context, the in-flight count, malformed requests refused, the durable barrier, domain
-    errors turned into rich statuses, and the observers and log told how it ended."""
-    started = time.perf_counter()
-    if limit is not None and (request is _SHED or limit.in_flight >= limit.limit):
-        await _shed(context, limit, name, started, observers)
-    rid = current_request_id.set(_request_id(request, context, has_request_id))
-    method = current_method.set(name)
-    call = _CallState()
-    failure: BaseException | None = None
-    if limit is not None:
-        limit.in_flight += 1
-        call.limit = limit
-    try:
-        if limit is not None and limit.delay_s:
-            await asyncio.sleep(limit.delay_s)
-        if isinstance(request, _Malformed):
-            call.error = _malformed_error(request)
-            await abort(context, call.error)
+    async def __aenter__(self) -> _CallScope:
+        self._started = time.perf_counter()
+        request, context, limit = self._request, self._context, self.limit
+        if limit is not None and (request is _SHED or limit.in_flight >= limit.limit):
+            self.limit = None
+            await _shed(context, limit, self._name, self._started, self._observers)
+        self._rid = current_request_id.set(_request_id(request, context, self._has_request_id))
+        self._method = current_method.set(self._name)
+        if limit is not None:
+            limit.in_flight += 1
         try:
-            if barrier is not None:
-                await barrier()
-            if cluster is not None:
-                call.forward = await cluster.route(name, request, context)
-            yield call
-        except DomainError as e:
-            call.error = e
-            await abort(context, e)
-    except BaseException as e:
-        failure = e
-        raise
-    finally:
-        call.uncount()
-        _finish(name, context, started, call.error, failure, observers)
-        if reset_context:
-            # Streams skip this: an async generator may resume in another context, and the
-            # call's task ends with it anyway.
-            current_method.reset(method)
-            current_request_id.reset(rid)
+            if limit is not None and limit.delay_s:
+                await asyncio.sleep(limit.delay_s)
+            if isinstance(request, _Malformed):
+                self.error = _malformed_error(request)
+                await abort(context, self.error)
+            if self._barrier is not None:
+                await self._barrier()
+            if self._cluster is not None:
+                self.forward = await self._cluster.route(self._name, request, context)
+        except BaseException as e:
+            await self.__aexit__(type(e), e, e.__traceback__)
+            raise
+        return self
+
+    async def __aexit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
+        try:
+            if isinstance(error, DomainError):
+                self.error = error
+                await abort(self._context, error)
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            self.uncount()
+            failure = error if error is not None and not isinstance(error, DomainError) else None
+            _finish(self._name, self._context, self._started, self.error, failure, self._observers)
+            if self._reset_context:
+                # Streams skip this: an async generator may resume in another context, and the
+                # call's task ends with it anyway.
+                current_method.reset(self._method)
+                current_request_id.reset(self._rid)
 
 
 def _wrap_unary(
@@ -451,7 +477,7 @@ def _wrap_unary(
     cluster: ClusterRouting | None = None,
 ) -> Callable[..., Any]:
     async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        async with _call(
+        async with _CallScope(
             request, context, name, observers, has_request_id, limit, barrier, True, cluster
         ) as call:
             if call.forward is not None and cluster is not None:
@@ -486,7 +512,7 @@ def _wrap_stream(
     cluster: ClusterRouting | None = None,
 ) -> Callable[..., Any]:
     async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-        async with _call(
+        async with _CallScope(
             request, context, name, observers, has_request_id, limit, barrier, False, cluster
         ) as call:
             if call.forward is not None and cluster is not None:
@@ -531,7 +557,7 @@ def _wrap_pipeline(
     async def handle(
         requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
-        async with _call(None, context, name, observers, False, limit, barrier, False) as call:
+        async with _CallScope(None, context, name, observers, False, limit, barrier, False) as call:
             call.uncount()
             async with contextlib.aclosing(pipeline.serve(requests, context)) as answers:
                 async for answer in answers:
