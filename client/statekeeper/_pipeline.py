@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import heapq
 import itertools
 import queue
 import threading
@@ -51,13 +52,31 @@ class StreamRefused(Exception):
     """The server refused the stream before reading any call: send this call unary."""
 
 
-def _varint(value: int) -> bytes:
+def _encode_varint(value: int) -> bytes:
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+# By table, 14 bits at a time (call ids, lengths and tags are one or two bytes; a timeout's
+# nanoseconds four or five).
+_SMALL_VARINTS = [_encode_varint(i) for i in range(1 << 14)]
+_MORE_VARINTS = [bytes(((i & 0x7F) | 0x80, (i >> 7) | 0x80)) for i in range(1 << 14)]
+
+
+def _varint(value: int) -> bytes:
+    if value < 1 << 14:
+        return _SMALL_VARINTS[value]
+    if value < 1 << 28:
+        return _MORE_VARINTS[value & 0x3FFF] + _SMALL_VARINTS[value >> 14]
+    if value < 1 << 42:
+        return (
+            _MORE_VARINTS[value & 0x3FFF] + _MORE_VARINTS[value >> 14 & 0x3FFF] + _SMALL_VARINTS[value >> 28]
+        )
+    return _encode_varint(value)
 
 
 def _request(call_id: int, kind: str, request: Message, timeout: float) -> bytes:
@@ -137,6 +156,45 @@ def _failure(error: BaseException | None, answered: bool, closed: bool, error_of
 # -- asyncio ------------------------------------------------------------------------------------
 
 
+class _AioDeadlines:
+    """The deadlines of a stream's calls: one timer, for the earliest, fails each call whose
+    deadline passed (asyncio.timeout around every call cost about as much as the rest of it)."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, expire: Callable[[int], None], pending: dict[int, Any]
+    ) -> None:
+        self._loop = loop
+        self._expire_call = expire
+        self._pending = pending  # answered calls leave it; their entries here go at the next prune
+        self._heap: list[tuple[float, int]] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, when: float, call_id: int) -> None:
+        heap = self._heap
+        if len(heap) >= 2 * MAX_IN_FLIGHT:
+            heap[:] = [entry for entry in heap if entry[1] in self._pending]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (when, call_id))
+        timer = self._timer
+        if timer is None or when < timer.when():
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(when, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        heap, now = self._heap, self._loop.time()
+        while heap and heap[0][0] <= now:
+            self._expire_call(heapq.heappop(heap)[1])
+        if heap:
+            self._timer = self._loop.call_at(heap[0][0], self._expire)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 class _AioStream:
     """One ExecuteStream: a writer task (gRPC takes one write at a time) and a reader task that
     hands each answer to its caller's future."""
@@ -150,8 +208,17 @@ class _AioStream:
         self.closing = False
         self._release = release
         self._error_of = error_of
+        self.deadlines = _AioDeadlines(asyncio.get_running_loop(), self._expire, self.pending)
         self.writer = asyncio.ensure_future(self._write())
         self.reader = asyncio.ensure_future(self._read())
+
+    def _expire(self, call_id: int) -> None:
+        """The call's deadline passed: it fails DEADLINE_EXCEEDED and is cancelled at the server
+        (its slot stays taken until the server answers)."""
+        future = self.pending.get(call_id)
+        if future is not None and not future.done():
+            future.set_exception(_deadline_exceeded())
+            self.abandon(call_id)
 
     async def _write(self) -> None:
         try:
@@ -184,6 +251,7 @@ class _AioStream:
         finally:
             failure = _failure(error, answered, self.closing, self._error_of)
             self.dead, self.refused = True, failure.refused
+            self.deadlines.close()
             for future in self.pending.values():
                 self._release()
                 if not future.done():
@@ -237,13 +305,10 @@ class AioPipeline:
             raise
         future: asyncio.Future[Any] = loop.create_future()
         stream.pending[call_id] = future
+        stream.deadlines.add(deadline, call_id)
         stream.outbox.put_nowait(message)
         try:
-            async with asyncio.timeout_at(deadline):
-                response = await future
-        except TimeoutError:
-            stream.abandon(call_id)
-            raise _deadline_exceeded() from None
+            response = await future  # DeadlineExceededError once the deadline passed
         except asyncio.CancelledError:
             stream.abandon(call_id)
             raise
@@ -256,6 +321,7 @@ class AioPipeline:
         stream, self._stream = self._stream, None
         if stream is not None:
             stream.closing = True
+            stream.deadlines.close()
             stream.call.cancel()
             await asyncio.gather(stream.reader, stream.writer, return_exceptions=True)
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import heapq
+import itertools
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
@@ -30,6 +32,7 @@ from google.rpc import status_pb2
 
 from statekeeper_server.domain.errors import DomainError, InvalidArgument, Unavailable
 from statekeeper_server.entrypoints.grpc.errors import rich_status
+from statekeeper_server.entrypoints.grpc.wire import varint
 
 log = logging.getLogger("statekeeper.rpc")
 
@@ -44,25 +47,16 @@ _CANCEL = "cancel"  # the oneof member that cancels a call instead of making one
 _DETAILS = "grpc-status-details-bin"
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _envelope(call_id: int, field: int, payload: bytes) -> bytes:
     """A StreamCallResult: call_id (field 1, omitted when 0 as proto3 does) and `field` holding
     the serialized message `payload`."""
-    head = b"\x08" + _varint(call_id) if call_id else b""
-    return head + _varint(field << 3 | 2) + _varint(len(payload)) + payload
+    head = b"\x08" + varint(call_id) if call_id else b""
+    return head + varint(field << 3 | 2) + varint(len(payload)) + payload
 
 
 def _results(results: list[bytes]) -> bytes:
     """An ExecuteStreamResponse holding these StreamCallResults (field 1, repeated)."""
-    return b"".join(b"\x0a" + _varint(len(r)) + r for r in results)
+    return b"".join([b"\x0a" + varint(len(r)) + r for r in results])
 
 
 def _status(code: grpc.StatusCode, message: str) -> bytes:
@@ -92,15 +86,16 @@ class CallContext:
     x-request-id, the forwarded mark), its own deadline, its own status; abort() ends the call,
     not the stream. It offers what the handlers and the forwarder use, nothing of the stream."""
 
-    __slots__ = ("_code", "_deadline", "_stream")
+    __slots__ = ("_code", "_deadline", "_metadata", "_stream")
 
-    def __init__(self, stream: Any, deadline: float | None) -> None:
+    def __init__(self, stream: Any, metadata: Any, deadline: float | None) -> None:
         self._stream = stream
+        self._metadata = metadata  # the stream's, read once for all its calls
         self._deadline = deadline  # time.monotonic()
         self._code: grpc.StatusCode | None = None
 
     def invocation_metadata(self) -> Any:
-        return self._stream.invocation_metadata()
+        return self._metadata
 
     def peer(self) -> str:
         return str(self._stream.peer())
@@ -136,11 +131,54 @@ class Pipelines:
 
 
 class _Call:
-    __slots__ = ("cancelled_by_client", "task")
+    __slots__ = ("cancelled_by_client", "expired", "task")
 
     def __init__(self) -> None:
-        self.task: asyncio.Task[bytes] | None = None
+        self.task: asyncio.Task[bytes] | None = None  # None once answered
         self.cancelled_by_client = False
+        self.expired = False  # its deadline passed
+
+
+class _Deadlines:
+    """The calls of one stream that have a deadline, each cancelled as expired when it passes:
+    one timer, for the earliest, rather than one asyncio.timeout per call (which costs about as
+    much as the rest of a pipelined call's handling). Answered calls stay in the heap until
+    their deadline comes or the heap is pruned."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._heap: list[tuple[float, int, _Call]] = []
+        self._order = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, when: float, call: _Call) -> None:
+        heap = self._heap
+        if len(heap) >= 2 * MAX_CALLS_IN_FLIGHT:  # mostly answered calls: keep those in flight
+            heap[:] = [entry for entry in heap if entry[2].task is not None]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (when, next(self._order), call))
+        timer = self._timer
+        if timer is None or when < timer.when():
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(when, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        heap, now = self._heap, self._loop.time()
+        while heap and heap[0][0] <= now:
+            call = heapq.heappop(heap)[2]
+            if call.task is not None and not call.task.done():
+                call.expired = True
+                call.task.cancel()
+        if heap:
+            self._timer = self._loop.call_at(heap[0][0], self._expire)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._heap.clear()
 
 
 class Pipeline:
@@ -171,6 +209,8 @@ class Pipeline:
         ended: list[BaseException] = []  # why reading ended early, if it did
         started = 0
         loop = asyncio.get_running_loop()
+        deadlines = _Deadlines(loop)
+        metadata = context.invocation_metadata()
 
         async def read() -> None:
             nonlocal started
@@ -191,7 +231,9 @@ class Pipeline:
                         await slots.acquire()
                         call = _Call()
                         calls[request.call_id] = call
-                        call.task = loop.create_task(self._answer(request, which, context, call))
+                        call.task = loop.create_task(
+                            self._answer(request, which, context, metadata, call, deadlines)
+                        )
                         running.add(call.task)
                         call.task.add_done_callback(
                             functools.partial(_settled, request.call_id, call, calls, answers, running)
@@ -236,15 +278,18 @@ class Pipeline:
             # The stream is over (ended, cancelled, its connection lost): so are its calls, as a
             # disconnect cancels unary calls (their queued writes still commit).
             reader.cancel()
+            deadlines.close()
             for task in list(running):
                 task.cancel()
 
-    async def _answer(self, request: Any, which: str | None, context: Any, call: _Call) -> bytes:
+    async def _answer(
+        self, request: Any, which: str | None, context: Any, metadata: Any, call: _Call, deadlines: _Deadlines
+    ) -> bytes:
         call_id: int = request.call_id
         handler = self._calls.get(which) if which is not None else None
         if handler is None or which is None:
             return _envelope(call_id, _ERROR_FIELD, _refusal("FIELD_REQUIRED", "the call is not set", "call"))
-        timeout: float | None = None
+        deadline: float | None = None
         if request.HasField("timeout"):
             seconds, nanos = request.timeout.seconds, request.timeout.nanos
             if seconds < 0 or nanos < 0 or nanos > 999_999_999:
@@ -253,27 +298,38 @@ class Pipeline:
                     _ERROR_FIELD,
                     _refusal("FIELD_INVALID", "timeout must be a Duration of zero or more", "timeout"),
                 )
-            timeout = seconds + nanos / 1e9
-        sub = CallContext(context, None if timeout is None else time.monotonic() + timeout)
+            deadline = time.monotonic() + seconds + nanos / 1e9
+            deadlines.add(deadline, call)
+        sub = CallContext(context, metadata, deadline)
         try:
-            async with asyncio.timeout(timeout):
-                response = await handler(getattr(request, which), sub)
+            response = await handler(getattr(request, which), sub)
         except CallAborted as e:
             return _envelope(call_id, _ERROR_FIELD, e.status())
-        except TimeoutError:
-            return _envelope(
-                call_id, _ERROR_FIELD, _status(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
-            )
         except asyncio.CancelledError:
+            if call.expired:
+                _uncancel()
+                return _envelope(call_id, _ERROR_FIELD, _DEADLINE_EXCEEDED)
             if not call.cancelled_by_client:
                 raise  # the stream is over: nobody to answer
-            return _envelope(call_id, _ERROR_FIELD, _status(grpc.StatusCode.CANCELLED, "Cancelled"))
+            _uncancel()
+            return _envelope(call_id, _ERROR_FIELD, _CANCELLED)
         except Exception as e:  # a defect (logged by the handler): what gRPC answers a unary call
             return _envelope(
                 call_id, _ERROR_FIELD, _status(grpc.StatusCode.UNKNOWN, f"Unexpected {type(e)}: {e}")
             )
         payload = response if isinstance(response, bytes) else response.SerializeToString()
         return _envelope(call_id, self._fields[which], payload)
+
+
+def _uncancel() -> None:
+    """The call's task answers after all (its deadline or the client's cancel): not cancelled."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
+_DEADLINE_EXCEEDED = _status(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")  # gRPC's words
+_CANCELLED = _status(grpc.StatusCode.CANCELLED, "Cancelled")
 
 
 def _settled(
@@ -287,13 +343,14 @@ def _settled(
     """A call's task ended: its result goes out. A task cancelled before it ever ran (its
     cancellation right behind it in one message) has none of its own: it is answered here."""
     running.discard(task)
+    call.task = None
     if calls.get(call_id) is call:
         del calls[call_id]
     if task.cancelled():
-        if call.cancelled_by_client:
-            answers.put_nowait(
-                _envelope(call_id, _ERROR_FIELD, _status(grpc.StatusCode.CANCELLED, "Cancelled"))
-            )
+        if call.expired:
+            answers.put_nowait(_envelope(call_id, _ERROR_FIELD, _DEADLINE_EXCEEDED))
+        elif call.cancelled_by_client:
+            answers.put_nowait(_envelope(call_id, _ERROR_FIELD, _CANCELLED))
         return  # else the stream is over: nobody to answer
     error = task.exception()
     if error is not None:  # not an Exception (those _answer answers itself)
