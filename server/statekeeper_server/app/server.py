@@ -140,6 +140,7 @@ class StatekeeperServer:
             config.max_concurrent_rpcs, float(config.failpoints.get("rpc.delay", 0) or 0)
         )
         self.streams = StreamLimit(config.limits.max_subscribers)
+        self.engine.committer.calls_in_flight = lambda: self.limit.in_flight
         self.pipelines = Pipelines()  # open ExecuteStreams, ended first when the server stops
         self.health = health_aio.HealthServicer()
         self.grpc_server: grpc.aio.Server | None = None

@@ -76,6 +76,10 @@ class PendingCommit:
     raw_keys: list[tuple[Keyspace, bytes]] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     shard: int = 0
+    # Its events as stored: (key, bytes), what the event hub keeps.
+    event_rows: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # Whether it may write task queue entries (timers, outbound): the executors look only then.
+    queues_tasks: bool = True
 
 
 class Intent:
@@ -187,6 +191,7 @@ class _Write:
     group: _Group
     done: bool = False
     error: BaseException | None = None
+    answered: bool = False  # its callers were answered as soon as it was durable
 
 
 class Committer:
@@ -236,6 +241,8 @@ class Committer:
         self._queued_weight = 0
         self._missing: NotCached | None = None
         self.revision_hint: Callable[[], int] | None = None
+        # The server's calls in flight (the committer lingers for those not queued yet).
+        self.calls_in_flight: Callable[[], int] | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="committer")
@@ -327,8 +334,12 @@ class Committer:
 
     async def _linger(self) -> None:
         """Group commit: before building, give the loop a few turns while intents keep arriving
-        (gRPC hands requests to handlers over several turns). A lone caller pays one turn."""
+        (gRPC hands requests to handlers over several turns). Not when every call in flight is
+        already queued (a lone caller: nobody else to wait for)."""
         if self._linger_turns <= 0:
+            return
+        calls = self.calls_in_flight
+        if calls is not None and calls() <= len(self._queue):
             return
         deadline = time.perf_counter() + self._linger_s
         for _ in range(self._linger_turns):
@@ -455,17 +466,13 @@ class Committer:
 
     def _batch(self, group: _Group) -> WriteBatch:
         batch = self._store.new_batch()
-        put, delete, set_shard = batch.put, batch.delete, batch.set_shard
+        write_all, set_shard = batch.write_all, batch.set_shard
         for commit in group.commits:
             set_shard(commit.shard)
-            for keyspace, key, value in commit.mutations:
-                if value is None:
-                    delete(keyspace, key)
-                else:
-                    put(keyspace, key, value)
+            write_all(commit.mutations)
         if group.top:  # a group of bookkeeping writes only (revision 0) leaves the revision alone
             set_shard(0)
-            put(Keyspace.META, keys.META_REVISION, keys.u64(group.top))
+            batch.put(Keyspace.META, keys.META_REVISION, keys.u64(group.top))
         group.batch_size = len(batch)
         return batch
 
@@ -509,6 +516,11 @@ class Committer:
         def done(error: BaseException | None) -> None:
             write.done, write.error = True, error
             self._writing = False
+            if error is None:
+                # Durable: publish and answer now, in this callback, rather than a loop turn
+                # later in the committer's task (under load a turn is milliseconds).
+                self._durable(group)
+                write.answered = True
             self._wake()
 
         self._writing = True
@@ -537,10 +549,16 @@ class Committer:
         return write
 
     def _finish(self, write: _Write, built: _Group | None) -> None:
+        if write.answered:
+            return
         group, error = write.group, write.error
         if error is not None:
             self._failed_write(group, error, built)
             return
+        self._durable(group)
+
+    def _durable(self, group: _Group) -> None:
+        """The group is durable: publish the store's durable view, tell the listeners, answer."""
         elapsed = time.perf_counter() - group.started
         if self._failpoint("commit.after_write", "crash"):
             import os
@@ -605,7 +623,8 @@ class Committer:
     @classmethod
     def _resolve_one(cls, intent: Intent) -> None:
         future = intent.future
-        if future.done():
+        if future.done():  # its caller went away (cancelled the wait)
+            _let_go(intent)
             return
         if intent.error is not None:
             cls._set_error(intent, intent.error)
