@@ -140,3 +140,45 @@ def test_groups_are_written_only_after_the_previous_sync_and_publish() -> None:
         log[i] == "write" and "build" in log[i + 1 : log.index("synced", i)] for i in range(len(log))
     )
     assert overlapped, log
+
+
+def test_a_defect_in_the_committer_stops_the_store_instead_of_hanging_every_call(tmp_path: Any) -> None:
+    """Regression: an exception the committer did not expect (here a build that puts a str where
+    bytes belong, which RocksDB's batch refuses while the group is assembled) ended the
+    committer's task silently: that write and every later one waited forever. Now the committer
+    fails stop: the callers are told (their outcome is unknown), later calls are refused, and
+    the server is told to exit."""
+    from statekeeper_server.core.engine import Commit, Engine
+    from statekeeper_server.domain.errors import Unavailable
+    from statekeeper_server.domain.limits import Limits
+    from statekeeper_server.domain.model import EventKind
+    from statekeeper_server.storage.rocksdb import RocksStore
+
+    fatal: list[BaseException] = []
+
+    async def main() -> tuple[BaseException, BaseException]:
+        store = RocksStore(tmp_path / "store")
+        engine = Engine(store, Limits(), on_fatal=fatal.append)
+        await engine.start(sweep=False)
+        try:
+
+            def broken(c: Commit) -> None:
+                c.put(Keyspace.META, b"defect", "not bytes")  # type: ignore[arg-type]
+                c.event(EventKind.MACHINE_TYPE_REGISTERED)
+
+            with_defect = asyncio.ensure_future(engine.commit(broken, lambda r, rev: rev))
+            behind = asyncio.ensure_future(engine.commit(broken, lambda r, rev: rev))
+            first = await asyncio.wait_for(asyncio.gather(with_defect, behind, return_exceptions=True), 5)
+            try:
+                await asyncio.wait_for(engine.commit(broken, lambda r, rev: rev), 5)
+            except Unavailable as e:
+                later: BaseException = e
+            return first[0], later
+        finally:
+            await asyncio.wait_for(engine.close(), 5)
+            store.close()
+
+    first, later = asyncio.run(main())
+    assert isinstance(first, Unavailable) and first.reason == "COMMIT_OUTCOME_UNKNOWN", first
+    assert isinstance(later, Unavailable) and later.reason == "STORE_FAILED", later
+    assert len(fatal) == 1  # the defect itself (rocksdict refuses the str)

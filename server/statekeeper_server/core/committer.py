@@ -286,6 +286,7 @@ class Committer:
     async def _run(self) -> None:
         writing: _Write | None = None
         building: _Group | None = None  # built, not yet written: waits for the write in flight
+        group: _Group | None = None  # being handed to the store
         pipelined = self._store.pipelined
         try:
             while True:
@@ -331,6 +332,16 @@ class Committer:
                 await self._sleep()
         except _FailStop:
             return
+        except Exception as e:
+            # A defect (in the committer, or a write it assembled that the store refuses):
+            # without the committer nothing would ever be answered again, so fail stop. Whatever
+            # it held may or may not have been written: its callers are told so.
+            log.error("the committer failed", exc_info=e)
+            held = {id(g): g for g in (writing.group if writing else None, group, building) if g}
+            try:
+                self._fail(_Group([i for g in held.values() for i in g.intents], [], 0), e, "the committer")
+            except _FailStop:
+                return
 
     async def _linger(self) -> None:
         """Group commit: before building, give the loop a few turns while intents keep arriving
