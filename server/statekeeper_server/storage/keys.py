@@ -88,6 +88,7 @@ def expiry_key(expires_ms: int, request_id: str) -> bytes:
     return u64(expires_ms) + request_id.encode()
 
 
+@functools.lru_cache(maxsize=4096)  # names and states are few; a node's index key uses one per write
 def node_index_prefix(type_name: str, terminal: bool | None = None, state: str | None = None) -> bytes:
     """Prefix of the (type, active/terminal, state) index; narrower with each argument given."""
     out = type_name.encode() + b"\x00"

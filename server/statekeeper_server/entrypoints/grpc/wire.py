@@ -64,7 +64,7 @@ def field(number: int, payload: bytes) -> bytes:
     return _SMALL[number << 3 | 2] + varint(len(payload)) + payload
 
 
-@functools.lru_cache(maxsize=65_536)
+@functools.lru_cache(maxsize=16_384)  # about 5 MB: the nodes written most recently
 def node_ref(a: NodeAddress) -> bytes:
     """A statekeeper.v1.NodeRef message (root_id = 1, path = 2 of NodeKey{type = 1, id = 2})."""
     out = field(1, a.root_id.encode()) if a.root_id else b""
