@@ -47,26 +47,31 @@ def data(value: bytes | str | None, content_type: str = "") -> common_pb2.Data |
 
 
 def ref_pb(r: Ref) -> common_pb2.NodeRef:
+    if not r.path:
+        return common_pb2.NodeRef(root_id=r.root_id)
     return common_pb2.NodeRef(root_id=r.root_id, path=[common_pb2.NodeKey(type=t, id=i) for t, i in r.path])
 
 
 def ref(m: common_pb2.NodeRef) -> Ref:
-    return Ref(m.root_id, tuple((k.type, k.id) for k in m.path))
+    path = m.path
+    return Ref(m.root_id, tuple([(k.type, k.id) for k in path]) if path else ())
 
 
-def node(m: node_pb2.Node) -> Node:
+def node(m: node_pb2.Node, known: Ref | None = None) -> Node:
+    """known: the node's reference when the caller has it already (the one it addressed)."""
+    data, counts = m.data, m.child_counts
     return Node(
-        ref=ref(m.ref),
-        type=m.type,
-        type_version=m.type_version,
-        state=m.state,
-        data=m.data.value,
-        content_type=m.data.content_type,
-        transition_count=m.transition_count,
-        create_revision=m.create_revision,
-        update_revision=m.update_revision,
-        terminal=m.terminal,
-        child_counts=dict(m.child_counts),
+        known if known is not None else ref(m.ref),
+        m.type,
+        m.type_version,
+        m.state,
+        data.value,
+        data.content_type,
+        m.transition_count,
+        m.create_revision,
+        m.update_revision,
+        m.terminal,
+        dict(counts) if counts else {},
     )
 
 
@@ -93,8 +98,12 @@ def task(m: task_pb2.Task, lease: task_pb2.TaskLease | None = None, next_attempt
     )
 
 
-def transition_result(m: node_pb2.ApplyTransitionResponse) -> TransitionResult:
-    return TransitionResult(node(m.node), m.revision, m.from_state, tuple(task(t) for t in m.tasks))
+def transition_result(m: node_pb2.ApplyTransitionResponse, known: Ref | None = None) -> TransitionResult:
+    """known: the reference the transition addressed (the server answers with that node)."""
+    tasks = m.tasks
+    return TransitionResult(
+        node(m.node, known), m.revision, m.from_state, tuple([task(t) for t in tasks]) if tasks else ()
+    )
 
 
 def task_inputs(items: list[TaskInput] | None) -> list[node_pb2.TaskInput]:

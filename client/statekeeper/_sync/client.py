@@ -441,15 +441,18 @@ class SyncClient:
         """Apply a named transition. Raises FailedPreconditionError (reason INVALID_TRANSITION)
         when not allowed from the current state, AbortedError when expected_transition_count
         does not match."""
+        ref = as_ref(node)
         req = node_pb2.ApplyTransitionRequest(
-            node=_convert.ref_pb(as_ref(node)),
+            node=_convert.ref_pb(ref),
             transition=transition,
             data=_convert.data(data, content_type),
             expected_transition_count=expected_transition_count,
             request_id=request_id,
             task_inputs=_convert.task_inputs(task_inputs),
         )
-        return _convert.transition_result(self._write("apply_transition", self._nodes.ApplyTransition, req))
+        return _convert.transition_result(
+            self._write("apply_transition", self._nodes.ApplyTransition, req), ref
+        )
 
     def execute(self, batch: Batch, *, request_id: str = "") -> BatchResult:
         """Apply a Batch atomically: one revision for all of it, or nothing."""
