@@ -16,7 +16,7 @@ from statekeeper_server.domain.events import EventFilter
 from statekeeper_server.domain.model import EventKind, NodeAddress
 from statekeeper_server.domain.validation import check_address, check_name, check_page_size
 from statekeeper_server.entrypoints.grpc import convert
-from statekeeper_server.entrypoints.grpc.wire import WIRE_EVENTS, event_pb, event_wire
+from statekeeper_server.entrypoints.grpc.wire import WIRE_EVENTS, event_pb, event_wire, varint
 from statekeeper_server.features import listings
 from statekeeper_server.features.events.consumers import ConsumerManager, ConsumerState, covered_revision
 from statekeeper_server.features.events.hub import EventHub
@@ -41,18 +41,9 @@ send once HTTP/2 flow control let it out), so a stream holds at most one such me
 that stops reading costs the server this much, not its backlog."""
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _field_head(tag: int, n: int) -> bytes:
     """The tag and length of a length-delimited field of n bytes."""
-    return bytes((tag,)) + _varint(n)
+    return bytes((tag,)) + varint(n)
 
 
 def _message_field(tag: int, payload: bytes) -> bytes:
@@ -61,12 +52,12 @@ def _message_field(tag: int, payload: bytes) -> bytes:
     n = len(payload)
     if n < 0x80:
         return bytes((tag, n)) + payload
-    return bytes((tag,)) + _varint(n) + payload
+    return bytes((tag,)) + varint(n) + payload
 
 
 _EVENTS_FIELD = 1 << 3 | 2  # WatchResponse.events, SubscribeResponse.deliveries
 _SHORT = 1 << 14  # field lengths of at most two varint bytes: their heads are made once
-_EVENT_HEADS = [bytes((_EVENTS_FIELD,)) + _varint(n) for n in range(_SHORT)]
+_EVENT_HEADS = [bytes((_EVENTS_FIELD,)) + varint(n) for n in range(_SHORT)]
 _PROGRESS_FIELD = 2 << 3  # WatchResponse.progress_revision (varint)
 _DELIVERY_COUNT_FIELD = 2 << 3  # Delivery.delivery_count (varint)
 
@@ -204,7 +195,7 @@ class EventServicer:
                 if parts:
                     progress = min(seen, hub.durable_revision)
                     if progress > 0:
-                        parts.append(bytes((_PROGRESS_FIELD,)) + _varint(progress))
+                        parts.append(bytes((_PROGRESS_FIELD,)) + varint(progress))
                     message = b"".join(parts)
                     del parts
                     yield message
@@ -360,7 +351,7 @@ class EventServicer:
                             event, count = item
                             # Delivery: the event as stored (field 1), its delivery count (field 2).
                             delivery = _message_field(_EVENTS_FIELD, event_wire(event))
-                            delivery += bytes((_DELIVERY_COUNT_FIELD,)) + _varint(count)
+                            delivery += bytes((_DELIVERY_COUNT_FIELD,)) + varint(count)
                             part = _message_field(_EVENTS_FIELD, delivery)
                             parts.append(part)
                             size += len(part)
