@@ -24,7 +24,8 @@ ALLOWED = {
 LIBRARIES = {
     "grpc": {"entrypoints", "app", "cluster"},
     "google": {"entrypoints", "app", "cluster"},
-    "statekeeper": {"entrypoints", "app", "cluster"},  # the generated API (protobuf)
+    # the generated API (protobuf), and the SDK's wire helpers both ends of a stream use
+    "statekeeper": {"entrypoints", "app", "cluster"},
     "rocksdict": {"storage/rocksdb"},
     "asyncpg": {"storage/postgres"},
     "msgpack": {"storage"},

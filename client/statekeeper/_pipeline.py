@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import heapq
 import itertools
 import queue
 import threading
@@ -32,7 +31,9 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
+from statekeeper._deadlines import Deadlines
 from statekeeper._errors import DeadlineExceededError, StatekeeperError, UnavailableError, from_status
+from statekeeper._varint import varint as _varint
 from statekeeper.v1 import node_pb2
 
 METHOD = "/statekeeper.v1.NodeService/ExecuteStream"
@@ -50,33 +51,6 @@ ErrorOf = Callable[[grpc.RpcError], StatekeeperError]
 
 class StreamRefused(Exception):
     """The server refused the stream before reading any call: send this call unary."""
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-# By table, 14 bits at a time (call ids, lengths and tags are one or two bytes; a timeout's
-# nanoseconds four or five).
-_SMALL_VARINTS = [_encode_varint(i) for i in range(1 << 14)]
-_MORE_VARINTS = [bytes(((i & 0x7F) | 0x80, (i >> 7) | 0x80)) for i in range(1 << 14)]
-
-
-def _varint(value: int) -> bytes:
-    if value < 1 << 14:
-        return _SMALL_VARINTS[value]
-    if value < 1 << 28:
-        return _MORE_VARINTS[value & 0x3FFF] + _SMALL_VARINTS[value >> 14]
-    if value < 1 << 42:
-        return (
-            _MORE_VARINTS[value & 0x3FFF] + _MORE_VARINTS[value >> 14 & 0x3FFF] + _SMALL_VARINTS[value >> 28]
-        )
-    return _encode_varint(value)
 
 
 def _request(call_id: int, kind: str, request: Message, timeout: float) -> bytes:
@@ -156,45 +130,6 @@ def _failure(error: BaseException | None, answered: bool, closed: bool, error_of
 # -- asyncio ------------------------------------------------------------------------------------
 
 
-class _AioDeadlines:
-    """The deadlines of a stream's calls: one timer, for the earliest, fails each call whose
-    deadline passed (asyncio.timeout around every call cost about as much as the rest of it)."""
-
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, expire: Callable[[int], None], pending: dict[int, Any]
-    ) -> None:
-        self._loop = loop
-        self._expire_call = expire
-        self._pending = pending  # answered calls leave it; their entries here go at the next prune
-        self._heap: list[tuple[float, int]] = []
-        self._timer: asyncio.TimerHandle | None = None
-
-    def add(self, when: float, call_id: int) -> None:
-        heap = self._heap
-        if len(heap) >= 2 * MAX_IN_FLIGHT:
-            heap[:] = [entry for entry in heap if entry[1] in self._pending]
-            heapq.heapify(heap)
-        heapq.heappush(heap, (when, call_id))
-        timer = self._timer
-        if timer is None or when < timer.when():
-            if timer is not None:
-                timer.cancel()
-            self._timer = self._loop.call_at(when, self._expire)
-
-    def _expire(self) -> None:
-        self._timer = None
-        heap, now = self._heap, self._loop.time()
-        while heap and heap[0][0] <= now:
-            self._expire_call(heapq.heappop(heap)[1])
-        if heap:
-            self._timer = self._loop.call_at(heap[0][0], self._expire)
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-
 class _AioStream:
     """One ExecuteStream: a writer task (gRPC takes one write at a time) and a reader task that
     hands each answer to its caller's future."""
@@ -208,17 +143,21 @@ class _AioStream:
         self.closing = False
         self._release = release
         self._error_of = error_of
-        self.deadlines = _AioDeadlines(asyncio.get_running_loop(), self._expire, self.pending)
+        self.deadlines: Deadlines[int] = Deadlines(
+            asyncio.get_running_loop(), self._expire, self._answered, 2 * MAX_IN_FLIGHT
+        )
         self.writer = asyncio.ensure_future(self._write())
         self.reader = asyncio.ensure_future(self._read())
+
+    def _answered(self, call_id: int) -> bool:
+        future = self.pending.get(call_id)
+        return future is None or future.done()
 
     def _expire(self, call_id: int) -> None:
         """The call's deadline passed: it fails DEADLINE_EXCEEDED and is cancelled at the server
         (its slot stays taken until the server answers)."""
-        future = self.pending.get(call_id)
-        if future is not None and not future.done():
-            future.set_exception(_deadline_exceeded())
-            self.abandon(call_id)
+        self.pending[call_id].set_exception(_deadline_exceeded())
+        self.abandon(call_id)
 
     async def _write(self) -> None:
         try:

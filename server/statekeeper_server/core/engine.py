@@ -305,7 +305,6 @@ class Commit:
         if txn is not None:
             before = txn.before
             view = engine.write_view
-            pending_nodes = engine.pending.nodes
             node_key, encode_node = keys.node_key, codec.encode_node
             nodes_ks = Keyspace.NODES
             for address, record in txn.nodes.items():
@@ -313,15 +312,7 @@ class Commit:
                 node_keys.append(key)
                 old = before[address] if address in before else view.get_node(address)
                 append((nodes_ks, key, encode_node(record) if record is not None else None))
-                if (
-                    old is None
-                    or record is None
-                    or old.state != record.state
-                    or old.terminal != record.terminal
-                    or old.type != record.type
-                ):
-                    node_index_mutations(mutations, key, old, record)
-                pending_nodes[key] = (record, revision)
+                node_index_mutations(mutations, key, old, record)
             for task in txn.tasks:
                 tkey = keys.task_key(task.task_id)
                 assert tkey is not None
@@ -331,6 +322,7 @@ class Commit:
             for mt in txn.types:
                 append((Keyspace.TYPES, keys.type_key(mt.name, mt.version), codec.encode_machine_type(mt)))
             new_types = list(txn.types)
+            engine.pending.put_nodes(zip(node_keys, txn.nodes.values(), strict=True), revision)
             for mt in new_types:
                 engine.pending.types[(mt.name, mt.version)] = mt
         raw_keys = list(self._local)

@@ -295,9 +295,7 @@ class Transaction:
             mt.is_terminal(destination),
             record.child_counts,
         )
-        if address not in self.nodes:
-            self.before[address] = record
-        self.nodes[address] = updated
+        self._put(address, updated, record)
         events = self.events
         events.append(
             Event(

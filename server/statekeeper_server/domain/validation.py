@@ -20,8 +20,18 @@ _known_names: set[str] = set()
 _MAX_KNOWN_NAMES = 4096
 
 
+def _known_name(value: str, limits: Limits) -> bool:
+    """The fast path of check_name: a name already found valid."""
+    return value in _known_names and len(value) <= limits.max_name_length
+
+
+def _plain_id(value: str, limits: Limits) -> bool:
+    """The fast path of check_id: a printable string has no control characters."""
+    return bool(value) and len(value) <= limits.max_id_length and value.isprintable()
+
+
 def check_name(value: str, field: str, limits: Limits) -> None:
-    if value in _known_names and len(value) <= limits.max_name_length:
+    if _known_name(value, limits):
         return
     if not value:
         raise InvalidArgument("FIELD_REQUIRED", f"{field} must not be empty", field=field)
@@ -43,8 +53,7 @@ def check_name(value: str, field: str, limits: Limits) -> None:
 
 
 def check_id(value: str, field: str, limits: Limits) -> None:
-    # Fast path: a printable string has no control characters.
-    if value and len(value) <= limits.max_id_length and value.isprintable():
+    if _plain_id(value, limits):
         return
     if not value:
         raise InvalidArgument("FIELD_REQUIRED", f"{field} must not be empty", field=field)
@@ -74,22 +83,14 @@ def check_request_id(value: str, limits: Limits) -> None:
 
 
 def check_address(address: NodeAddress, field: str, limits: Limits) -> None:
-    # Every write checks its address: the common case (printable ids, known names, a short
-    # path) costs no error text.
-    max_id, path = limits.max_id_length, address.path
-    root = address.root_id
-    if root and len(root) <= max_id and root.isprintable() and len(path) <= limits.max_path_depth:
-        for type_name, node_id in path:
-            if not (
-                type_name in _known_names
-                and len(type_name) <= limits.max_name_length
-                and node_id
-                and len(node_id) <= max_id
-                and node_id.isprintable()
-            ):
-                break
-        else:
-            return
+    # Every write checks its address: the common case builds no field names (error text).
+    path = address.path
+    if (
+        len(path) <= limits.max_path_depth
+        and _plain_id(address.root_id, limits)
+        and all(_known_name(t, limits) and _plain_id(i, limits) for t, i in path)
+    ):
+        return
     check_id(address.root_id, f"{field}.root_id", limits)
     if len(address.path) > limits.max_path_depth:
         raise InvalidArgument(

@@ -104,9 +104,11 @@ def node_index_mutations(
     if (
         old is not None
         and new is not None
-        and (old.type, old.state, old.terminal) == (new.type, new.state, new.terminal)
+        and old.state == new.state
+        and old.terminal == new.terminal
+        and old.type == new.type
     ):
-        return
+        return  # the index entry stays as it is (attributes compared: no tuples per write)
     if old is not None:
         out.append((Keyspace.NODE_INDEX, keys.node_index_key(old.type, old.terminal, old.state, node), None))
     if new is not None:

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import heapq
-import itertools
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
@@ -30,6 +28,7 @@ from typing import Any
 import grpc
 from google.rpc import status_pb2
 
+from statekeeper._deadlines import Deadlines
 from statekeeper_server.domain.errors import DomainError, InvalidArgument, Unavailable
 from statekeeper_server.entrypoints.grpc.errors import rich_status
 from statekeeper_server.entrypoints.grpc.wire import varint
@@ -139,46 +138,15 @@ class _Call:
         self.expired = False  # its deadline passed
 
 
-class _Deadlines:
-    """The calls of one stream that have a deadline, each cancelled as expired when it passes:
-    one timer, for the earliest, rather than one asyncio.timeout per call (which costs about as
-    much as the rest of a pipelined call's handling). Answered calls stay in the heap until
-    their deadline comes or the heap is pruned."""
+def _answered(call: _Call) -> bool:
+    return call.task is None or call.task.done()
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._heap: list[tuple[float, int, _Call]] = []
-        self._order = itertools.count()
-        self._timer: asyncio.TimerHandle | None = None
 
-    def add(self, when: float, call: _Call) -> None:
-        heap = self._heap
-        if len(heap) >= 2 * MAX_CALLS_IN_FLIGHT:  # mostly answered calls: keep those in flight
-            heap[:] = [entry for entry in heap if entry[2].task is not None]
-            heapq.heapify(heap)
-        heapq.heappush(heap, (when, next(self._order), call))
-        timer = self._timer
-        if timer is None or when < timer.when():
-            if timer is not None:
-                timer.cancel()
-            self._timer = self._loop.call_at(when, self._expire)
-
-    def _expire(self) -> None:
-        self._timer = None
-        heap, now = self._heap, self._loop.time()
-        while heap and heap[0][0] <= now:
-            call = heapq.heappop(heap)[2]
-            if call.task is not None and not call.task.done():
-                call.expired = True
-                call.task.cancel()
-        if heap:
-            self._timer = self._loop.call_at(heap[0][0], self._expire)
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._heap.clear()
+def _expire(call: _Call) -> None:
+    """Its deadline passed: the call is cancelled, and answered DEADLINE_EXCEEDED."""
+    assert call.task is not None
+    call.expired = True
+    call.task.cancel()
 
 
 class Pipeline:
@@ -209,7 +177,7 @@ class Pipeline:
         ended: list[BaseException] = []  # why reading ended early, if it did
         started = 0
         loop = asyncio.get_running_loop()
-        deadlines = _Deadlines(loop)
+        deadlines: Deadlines[_Call] = Deadlines(loop, _expire, _answered, 2 * MAX_CALLS_IN_FLIGHT)
         metadata = context.invocation_metadata()
 
         async def read() -> None:
@@ -283,7 +251,13 @@ class Pipeline:
                 task.cancel()
 
     async def _answer(
-        self, request: Any, which: str | None, context: Any, metadata: Any, call: _Call, deadlines: _Deadlines
+        self,
+        request: Any,
+        which: str | None,
+        context: Any,
+        metadata: Any,
+        call: _Call,
+        deadlines: Deadlines[_Call],
     ) -> bytes:
         call_id: int = request.call_id
         handler = self._calls.get(which) if which is not None else None

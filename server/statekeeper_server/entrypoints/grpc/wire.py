@@ -21,47 +21,18 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 
+from statekeeper._varint import varint as varint  # re-exported: the server's one varint
 from statekeeper.v1 import event_pb2 as pb
 from statekeeper_server.domain.model import Event, EventKind, NodeAddress, NodeRecord, TaskRecord
 from statekeeper_server.entrypoints.grpc import convert
 from statekeeper_server.storage import codec, keys
 
 _KINDS = {int(k): k for k in EventKind}
-_U64 = (1 << 64) - 1
-
-
-def _encode_varint(value: int) -> bytes:
-    if value < 0:  # int32/int64: two's complement, ten bytes
-        value &= _U64
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-# Varints by table, 14 bits at a time: _SMALL[n] is n's whole varint (one or two bytes: counts,
-# indexes, lengths), _MORE[n] the two bytes of 14 low bits that more bytes follow. Revisions and
-# times (4 to 6 bytes) are two or three lookups instead of a loop.
-_SMALL = [_encode_varint(i) for i in range(1 << 14)]
-_MORE = [bytes(((i & 0x7F) | 0x80, (i >> 7) | 0x80)) for i in range(1 << 14)]
-
-
-def varint(value: int) -> bytes:
-    """A protobuf varint (negative numbers as int64 does: ten bytes)."""
-    if 0 <= value < 1 << 14:
-        return _SMALL[value]
-    if 0 < value < 1 << 28:
-        return _MORE[value & 0x3FFF] + _SMALL[value >> 14]
-    if 0 < value < 1 << 42:
-        return _MORE[value & 0x3FFF] + _MORE[value >> 14 & 0x3FFF] + _SMALL[value >> 28]
-    return _encode_varint(value)
 
 
 def field(number: int, payload: bytes) -> bytes:
     """A length-delimited field (string, bytes or message) holding payload."""
-    return _SMALL[number << 3 | 2] + varint(len(payload)) + payload
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
 
 
 @functools.lru_cache(maxsize=16_384)  # about 5 MB: the nodes written most recently
